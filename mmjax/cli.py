@@ -1,0 +1,86 @@
+"""Command line: `mmjax train | eval`."""
+
+import argparse
+import json
+import os
+import sys
+
+import ml_collections
+
+from mmjax import config as config_lib
+from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
+from mmjax.sharding import MeshError
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a config (resumes from WORKDIR's checkpoints)",
+                           epilog="Override any config key with --config.KEY=VALUE, "
+                                  "e.g. --config.train.batch_size=256")
+    train.add_argument("--config", default=None,
+                       help="config file (default: the embedded configs/smoke_clip.py)")
+    train.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    for p in (train, sub.add_parser("eval", help="evaluate the newest checkpoint in WORKDIR")):
+        if p is not train:
+            p.add_argument("--workdir", required=True)
+        p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+        p.add_argument("--coordinator", default=None,
+                       help="multi-host: host:port of process 0 (TPU VMs and SLURM need none)")
+        p.add_argument("--num_processes", type=int, default=None)
+        p.add_argument("--process_id", type=int, default=None)
+    return parser
+
+
+def _config_from_json(path):
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+    with open(path) as f:
+        return ml_collections.ConfigDict(tuples(json.load(f)))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    try:
+        data_dir = os.path.expanduser(args.data_dir)
+        if args.command == "train":
+            config = config_lib.load(args.config, overrides)
+            name = os.path.splitext(os.path.basename((args.config or config_lib.DEFAULT_CONFIG).split(":")[0]))[0]
+            workdir = args.workdir or os.path.join("runs", name)
+        else:
+            if overrides:
+                raise config_lib.ConfigError("eval takes the config saved in WORKDIR; drop the --config.* flags")
+            workdir = args.workdir
+            path = os.path.join(workdir, "config.json")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} not found: --workdir must be a directory that "
+                                        f"`mmjax train` wrote")
+            config = _config_from_json(path)
+
+        # Imported here so `mmjax --help` and config errors answer fast.
+        import jax
+        from mmjax.sharding import initialize_distributed
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        from mmjax.train.loop import evaluate_checkpoint, train
+        if args.command == "train":
+            if jax.process_index() == 0:
+                os.makedirs(workdir, exist_ok=True)
+                with open(os.path.join(workdir, "config.json"), "w") as f:
+                    f.write(config.to_json(indent=2))
+            results = train(config, workdir, data_dir)
+        else:
+            results = evaluate_checkpoint(config, workdir, data_dir)
+    except (config_lib.ConfigError, MeshError, DataDirError, FileNotFoundError, PermissionError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in results.items()}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

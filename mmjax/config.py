@@ -1,0 +1,169 @@
+"""Experiment configs: load a `configs/*.py` file, apply `--config.KEY=VALUE` overrides, validate."""
+
+import ast
+import importlib.resources
+import importlib.util
+import os
+
+import ml_collections
+
+DEFAULT_CONFIG = "smoke_clip.py"
+
+# Keys with a closed set of values; anything else is rejected with the list.
+CHOICES = {
+    "task": ("clip", "mlm", "clip+mlm"),
+    "model.contrastive_loss": ("infonce", "sigmoid"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "einsum", "xla", "cudnn"),
+    "optim.decay": ("cosine", "linear", "constant"),
+    "data.tokenizer": ("clip_bpe", "wordpiece"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and how to fix it."""
+
+
+def default_config_path() -> str:
+    return str(importlib.resources.files("mmjax.configs") / DEFAULT_CONFIG)
+
+
+def load(path: str | None = None, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path` (or the embedded smoke CLIP config), applies overrides, validates, locks."""
+    path = path or default_config_path()
+    path, _, arg = path.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found; pass --config with a path such as "
+                          f"configs/smoke_clip.py")
+    spec = importlib.util.spec_from_file_location(f"mmjax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(); a config file returns its "
+                          f"ConfigDict from get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    for override in overrides:
+        apply_override(config, override)
+    validate(config)
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Applies one `KEY=VALUE` (dotted key, value parsed as a Python literal of the old type)."""
+    key, sep, text = override.partition("=")
+    key = key.removeprefix("--").removeprefix("config.")
+    if not sep:
+        raise ConfigError(f"override {override!r} has no value; write --config.{key}=VALUE")
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, name in enumerate(parents + [leaf]):
+        if name not in node:
+            where = ".".join(parents[:depth]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}: {where} has no {name!r}; "
+                              f"valid keys there: {', '.join(sorted(node.keys()))}")
+        if depth < len(parents):
+            node = node[name]
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ConfigError(f"config key {'.'.join(parents[:depth + 1])!r} is a value, "
+                                  f"not a group; cannot set {key!r}")
+    old = node[leaf]
+    node[leaf] = _parse(key, text, old)
+
+
+def _parse(key: str, text: str, old):
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {key!r} is a group; override one of its keys: "
+                          f"{', '.join(sorted(old.keys()))}")
+    if isinstance(old, str) or old is None:
+        try:
+            value = ast.literal_eval(text)
+            return value if old is None or isinstance(value, str) else text
+        except (ValueError, SyntaxError):
+            return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(old, bool) and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ConfigError(f"config key {key!r} expects a {type(old).__name__}, got {text!r}")
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects True or False, got {text!r}")
+    elif isinstance(old, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} expects an int, got {text!r}")
+    elif isinstance(old, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} expects a float, got {text!r}")
+        value = float(value)
+    elif isinstance(old, (tuple, list)):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"config key {key!r} expects a tuple, got {text!r}")
+        value = tuple(value)
+    return value
+
+
+def _get(config, dotted):
+    node = config
+    for name in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            return None
+        node = node[name]
+    return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the keys every tool relies on and the closed choices."""
+    for key in ("seed", "task", "train.steps", "train.batch_size", "train.log_every",
+                "train.eval_every", "train.checkpoint_every", "mesh.data", "mesh.fsdp",
+                "mesh.tensor"):
+        if _get(config, key) is None:
+            raise ConfigError(f"config is missing required key {key!r}")
+    for key, valid in CHOICES.items():
+        value = _get(config, key)
+        if value is not None and value not in valid:
+            raise ConfigError(f"config key {key!r} is {value!r}; valid choices: "
+                              f"{', '.join(map(str, valid))}")
+    for key in ("train.steps", "train.batch_size", "train.log_every"):
+        if _get(config, key) <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {_get(config, key)}")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every key a training config has, with neutral defaults; config files change what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = "clip"                      # 'clip' | 'mlm' | 'clip+mlm'
+
+    c.model = dict(
+        dtype="float32", param_dtype="float32",   # compute dtype / storage dtype
+        scan=True, remat="none", attention="auto", fused_qkv=True,
+        embed_dim=512, contrastive_loss="infonce", init_logit_bias=None,
+        image=dict(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="cls",
+                   ln_pre=True, patch_bias=False, pre_norm=True, activation="gelu", norm_eps=1e-5),
+        text=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8,
+                  mlp_dim=2048, causal=True, pool="eot", pre_norm=True, embed_norm=False,
+                  final_norm=True, type_vocab_size=0, activation="gelu", norm_eps=1e-5),
+        # MLM: how many positions per sequence are predicted (fixed, for static shapes), the
+        # masking rate, and the weight of the MLM term in 'clip+mlm'.
+        mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
+    )
+    c.data = dict(datasets=("digit_captions",), tokenizer="clip_bpe",
+                  image_size=28, image_channels=1)
+    c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
+                   checkpoint_every=500,
+                   # Gradient accumulation: the contrastive loss still sees all
+                   # batch_size examples as negatives (gradient caching, see train/step.py).
+                   grad_accum_steps=1)
+    c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,
+                   weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0)
+    c.eval = dict(split="test", batch_size=500, seed=0)
+    c.checkpoint = dict(keep=3, keep_period=0)
+    # Mesh sizes: one may be -1 (fill with the remaining devices). dcn_*: across TPU slices.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+    # Overrides of the logical-axis rules in mmjax/sharding.py, e.g. (("vocab", None),).
+    c.sharding = dict(rules=())
+    return c

@@ -1,0 +1,1 @@
+"""Flax linen modules: attention, transformer blocks, ViT and text towers, CLIP, BERT."""

@@ -1,0 +1,49 @@
+"""The optax optimiser of a config: warm-up + decay schedule, clipping, AdamW with a decay mask."""
+
+import jax
+import optax
+
+# Weight decay applies to matrices only: kernels and the token embedding table. Biases,
+# norms, position embeddings, the class token and the logit scale/bias are left alone.
+# Decided by name because scan-over-layers stacks a norm's 1-D scale into a 2-D array.
+DECAYED_NAMES = ("kernel", "embedding")
+
+
+def _leaf_name(path):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    names = [n for n in names if isinstance(n, str) and n != "value"]
+    return names[-1] if names else ""
+
+
+def decay_mask(params):
+    """True where weight decay applies (see DECAYED_NAMES)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _leaf_name(path).endswith(DECAYED_NAMES), params)
+
+
+def schedule(optim_config, total_steps):
+    """Linear warm-up to `lr`, then cosine / linear decay to `lr * end_lr_ratio` (or constant)."""
+    c = optim_config
+    warmup = min(c.warmup_steps, total_steps)
+    decay_steps = max(total_steps - warmup, 1)
+    end = c.lr * c.end_lr_ratio
+    if c.decay == "cosine":
+        after = optax.cosine_decay_schedule(c.lr, decay_steps, alpha=c.end_lr_ratio)
+    elif c.decay == "linear":
+        after = optax.linear_schedule(c.lr, end, decay_steps)
+    else:
+        after = optax.constant_schedule(c.lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, c.lr, warmup), after], [warmup])
+
+
+def make_optimizer(optim_config, total_steps):
+    """Returns (optax transform, learning-rate schedule)."""
+    c = optim_config
+    lr = schedule(c, total_steps)
+    if c.name == "sgd":
+        core = optax.sgd(lr)
+    else:
+        core = optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                           mask=decay_mask)
+    chain = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm else []
+    return optax.chain(*chain, core), lr
