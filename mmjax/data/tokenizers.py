@@ -27,153 +27,153 @@ WORDPIECE_CACHE_SIZE = 8192
 
 def pack_ids(id_lists: Sequence[Sequence[int]], length: int, start_id: int,
              end_id: int, pad_id: int) -> np.ndarray:
-  """[start] ids [end] per row, truncated so `end` stays the last real token, padded."""
-  if length < 2:
-    raise ValueError(f'length must be >= 2 to hold the start and end tokens, got {length}')
-  out = np.full((len(id_lists), length), pad_id, dtype=np.int32)
-  for row, ids in enumerate(id_lists):
-    ids = [start_id, *ids[:length - 2], end_id]
-    out[row, :len(ids)] = ids
-  return out
+    """[start] ids [end] per row, truncated so `end` stays the last real token, padded."""
+    if length < 2:
+        raise ValueError(f'length must be >= 2 to hold the start and end tokens, got {length}')
+    out = np.full((len(id_lists), length), pad_id, dtype=np.int32)
+    for row, ids in enumerate(id_lists):
+        ids = [start_id, *ids[:length - 2], end_id]
+        out[row, :len(ids)] = ids
+    return out
 
 
 def bytes_to_unicode() -> dict[int, str]:
-  """CLIP/GPT-2 map from each byte to a printable unicode char (order matters for ids)."""
-  printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-               + list(range(ord('®'), ord('ÿ') + 1)))
-  byte_values, chars = printable[:], printable[:]
-  extra = 0
-  for b in range(256):
-    if b not in printable:
-      byte_values.append(b)
-      chars.append(256 + extra)
-      extra += 1
-  return dict(zip(byte_values, map(chr, chars)))
+    """CLIP/GPT-2 map from each byte to a printable unicode char (order matters for ids)."""
+    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
+                 + list(range(ord('®'), ord('ÿ') + 1)))
+    byte_values, chars = printable[:], printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            byte_values.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(byte_values, map(chr, chars)))
 
 
 @functools.lru_cache(maxsize=1)
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-  """CLIP's vocab (bytes, bytes+'</w>', merges, specials) and merge list."""
-  data = resources.files('mmjax.data').joinpath('assets', CLIP_MERGES_FILE).read_bytes()
-  lines = gzip.decompress(data).decode('utf-8').split('\n')
-  merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1]]
-  tokens = list(bytes_to_unicode().values())
-  tokens += [t + '</w>' for t in tokens]
-  tokens += [a + b for a, b in merges]
-  tokens += ['<|startoftext|>', '<|endoftext|>']
-  return {t: i for i, t in enumerate(tokens)}, merges
+    """CLIP's vocab (bytes, bytes+'</w>', merges, specials) and merge list."""
+    data = resources.files('mmjax.data').joinpath('assets', CLIP_MERGES_FILE).read_bytes()
+    lines = gzip.decompress(data).decode('utf-8').split('\n')
+    merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1]]
+    tokens = list(bytes_to_unicode().values())
+    tokens += [t + '</w>' for t in tokens]
+    tokens += [a + b for a, b in merges]
+    tokens += ['<|startoftext|>', '<|endoftext|>']
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 class ClipTokenizer:
-  """CLIP-compatible BPE: 49,408 tokens, SOT 49406, EOT 49407, padding 0."""
+    """CLIP-compatible BPE: 49,408 tokens, SOT 49406, EOT 49407, padding 0."""
 
-  def __init__(self):
-    vocab, merges = _clip_vocab_and_merges()
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix='</w>'))
-    # CLIP: ftfy (which NFC-normalises), collapse whitespace, strip, lower-case.
-    tok.normalizer = normalizers.Sequence([
-        normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
-        normalizers.Strip(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior='removed', invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.Sequence([decoders.Replace('</w>', 'Ġ'), decoders.ByteLevel()])
-    tok.add_special_tokens(['<|startoftext|>', '<|endoftext|>'])
-    self._tok = tok
-    self.vocab_size = len(vocab)
-    self.sot_id = vocab['<|startoftext|>']
-    self.eot_id = vocab['<|endoftext|>']
-    self.pad_id = 0
+    def __init__(self):
+        vocab, merges = _clip_vocab_and_merges()
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix='</w>'))
+        # CLIP: ftfy (which NFC-normalises), collapse whitespace, strip, lower-case.
+        tok.normalizer = normalizers.Sequence([
+            normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
+            normalizers.Strip(), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior='removed', invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.Sequence([decoders.Replace('</w>', 'Ġ'), decoders.ByteLevel()])
+        tok.add_special_tokens(['<|startoftext|>', '<|endoftext|>'])
+        self._tok = tok
+        self.vocab_size = len(vocab)
+        self.sot_id = vocab['<|startoftext|>']
+        self.eot_id = vocab['<|endoftext|>']
+        self.pad_id = 0
 
-  def encode(self, texts: Sequence[str], context_length: int) -> np.ndarray:
-    """int32 [n, context_length]: SOT tokens EOT, then zeros."""
-    encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
-    return pack_ids([e.ids for e in encodings], context_length, self.sot_id, self.eot_id,
-                    self.pad_id)
+    def encode(self, texts: Sequence[str], context_length: int) -> np.ndarray:
+        """int32 [n, context_length]: SOT tokens EOT, then zeros."""
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return pack_ids([e.ids for e in encodings], context_length, self.sot_id, self.eot_id,
+                        self.pad_id)
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Text of one row of ids, special tokens and padding dropped."""
-    ids = [int(i) for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)]
-    return self._tok.decode(ids, skip_special_tokens=True).strip()
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of one row of ids, special tokens and padding dropped."""
+        ids = [int(i) for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)]
+        return self._tok.decode(ids, skip_special_tokens=True).strip()
 
 
 class WordPieceTokenizer:
-  """BERT-style lower-cased WordPiece; [PAD] is id 0, as the models assume."""
+    """BERT-style lower-cased WordPiece; [PAD] is id 0, as the models assume."""
 
-  def __init__(self, vocab: dict[str, int]):
-    missing = [t for t in WORDPIECE_SPECIALS if t not in vocab]
-    if missing:
-      raise ValueError(f'WordPiece vocab lacks the special tokens {missing}')
-    if vocab['[PAD]'] != 0:
-      raise ValueError(f"WordPiece vocab must have [PAD] at id 0, found {vocab['[PAD]']}")
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token='[UNK]'))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.add_special_tokens(list(WORDPIECE_SPECIALS))
-    self._tok = tok
-    self.vocab_size = tok.get_vocab_size()
-    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-        vocab[t] for t in WORDPIECE_SPECIALS)
-    self.special_ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+    def __init__(self, vocab: dict[str, int]):
+        missing = [t for t in WORDPIECE_SPECIALS if t not in vocab]
+        if missing:
+            raise ValueError(f'WordPiece vocab lacks the special tokens {missing}')
+        if vocab['[PAD]'] != 0:
+            raise ValueError(f"WordPiece vocab must have [PAD] at id 0, found {vocab['[PAD]']}")
+        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token='[UNK]'))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.add_special_tokens(list(WORDPIECE_SPECIALS))
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            vocab[t] for t in WORDPIECE_SPECIALS)
+        self.special_ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
 
-  @classmethod
-  def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
-    """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4."""
-    tok = Tokenizer(models.WordPiece(unk_token='[UNK]'))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    # HF's trainer numbers (and on count ties even picks) tokens in hash-map order, so ids
-    # differ run to run (huggingface/tokenizers#1794): sort them for a canonical order.
-    learned = sorted(set(tok.get_vocab()) - set(WORDPIECE_SPECIALS))
-    return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(learned))})
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
+        """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4."""
+        tok = Tokenizer(models.WordPiece(unk_token='[UNK]'))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        # HF's trainer numbers (and on count ties even picks) tokens in hash-map order, so ids
+        # differ run to run (huggingface/tokenizers#1794): sort them for a canonical order.
+        learned = sorted(set(tok.get_vocab()) - set(WORDPIECE_SPECIALS))
+        return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(learned))})
 
-  @classmethod
-  def from_vocab(cls, path: str) -> WordPieceTokenizer:
-    """Loads a BERT `vocab.txt` (one token a line, id = line number)."""
-    with open(path, encoding='utf-8') as f:
-      tokens = [line.rstrip('\n') for line in f]
-    return cls({t: i for i, t in enumerate(tokens)})
+    @classmethod
+    def from_vocab(cls, path: str) -> WordPieceTokenizer:
+        """Loads a BERT `vocab.txt` (one token a line, id = line number)."""
+        with open(path, encoding='utf-8') as f:
+            tokens = [line.rstrip('\n') for line in f]
+        return cls({t: i for i, t in enumerate(tokens)})
 
-  def save_vocab(self, path: str) -> None:
-    """Writes `vocab.txt` atomically, so concurrent readers never see half a file."""
-    vocab = self._tok.get_vocab()
-    tokens = sorted(vocab, key=vocab.get)
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=directory, delete=False,
-                                     suffix='.tmp') as f:
-      f.write(''.join(t + '\n' for t in tokens))
-    os.replace(f.name, path)
+    def save_vocab(self, path: str) -> None:
+        """Writes `vocab.txt` atomically, so concurrent readers never see half a file."""
+        vocab = self._tok.get_vocab()
+        tokens = sorted(vocab, key=vocab.get)
+        directory = os.path.dirname(os.path.abspath(path))
+        with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=directory, delete=False,
+                                         suffix='.tmp') as f:
+            f.write(''.join(t + '\n' for t in tokens))
+        os.replace(f.name, path)
 
-  def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """int32 [n, max_length]: [CLS] tokens [SEP], then [PAD]."""
-    encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
-    return pack_ids([e.ids for e in encodings], max_length, self.cls_id, self.sep_id,
-                    self.pad_id)
+    def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
+        """int32 [n, max_length]: [CLS] tokens [SEP], then [PAD]."""
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return pack_ids([e.ids for e in encodings], max_length, self.cls_id, self.sep_id,
+                        self.pad_id)
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Text of one row of ids, special tokens dropped."""
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of one row of ids, special tokens dropped."""
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
 def get_tokenizer(name: str, data_dir: str) -> ClipTokenizer | WordPieceTokenizer:
-  """'clip_bpe', or 'wordpiece' trained once on the prose train split and cached in data_dir.
+    """'clip_bpe', or 'wordpiece' trained once on the prose train split and cached in data_dir.
 
-  Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
-  is the identity of the tokenizer, so hosts must share it (a shared data_dir, or copy it).
-  """
-  if name == 'clip_bpe':
-    return ClipTokenizer()
-  if name == 'wordpiece':
-    from mmjax.data import builders  # Lazy: pulls in tensorflow_datasets.
-    path = os.path.join(builders.resolve_data_dir(data_dir),
-                        f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}.txt')
-    if not os.path.exists(path):
-      source = builders.data_source('prose', data_dir, 'train')
-      texts = [r['text'].decode('utf-8') for r in source.__getitems__(range(len(source)))]
-      WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
-    return WordPieceTokenizer.from_vocab(path)
-  raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')
+    Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
+    is the identity of the tokenizer, so hosts must share it (a shared data_dir, or copy it).
+    """
+    if name == 'clip_bpe':
+        return ClipTokenizer()
+    if name == 'wordpiece':
+        from mmjax.data import builders  # Lazy: pulls in tensorflow_datasets.
+        path = os.path.join(builders.resolve_data_dir(data_dir),
+                            f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}.txt')
+        if not os.path.exists(path):
+            source = builders.data_source('prose', data_dir, 'train')
+            texts = [r['text'].decode('utf-8') for r in source.__getitems__(range(len(source)))]
+            WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
+        return WordPieceTokenizer.from_vocab(path)
+    raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')
