@@ -3,10 +3,12 @@
 import jax
 import optax
 
-# Weight decay applies to matrices only: kernels and the token embedding table. Biases,
-# norms, position embeddings, the class token and the logit scale/bias are left alone.
-# Decided by name because scan-over-layers stacks a norm's 1-D scale into a 2-D array.
-DECAYED_NAMES = ("kernel", "embedding")
+# Weight decay applies to matrices only: kernels ('kernel', 'qkv_kernel', ...) and token
+# embedding tables ('embedding'). Biases, norms, position embeddings ('pos_embedding'), the
+# class token and the logit scale/bias are left alone. Decided by name, not rank, because
+# scan-over-layers stacks a norm's 1-D scale into a 2-D array.
+def _decayed(name):
+    return name.endswith("kernel") or name == "embedding"
 
 
 def _leaf_name(path):
@@ -16,9 +18,8 @@ def _leaf_name(path):
 
 
 def decay_mask(params):
-    """True where weight decay applies (see DECAYED_NAMES)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: _leaf_name(path).endswith(DECAYED_NAMES), params)
+    """True where weight decay applies (see `_decayed`)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _decayed(_leaf_name(path)), params)
 
 
 def schedule(optim_config, total_steps):

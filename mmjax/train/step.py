@@ -122,7 +122,7 @@ def make_train_step(config, model, tx, lr_schedule, mesh, rule_table, tokenizer,
         (loss, metrics), grads = grads_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step))
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding(mesh)),
