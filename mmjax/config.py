@@ -73,37 +73,30 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node[leaf] = _parse(key, text, old)
 
 
+_EXPECTED = {bool: "True or False", int: "an int", float: "a float", tuple: "a tuple", list: "a tuple"}
+
+
 def _parse(key: str, text: str, old):
+    """Parses `text` as a Python literal of the same type as the current value `old`."""
     if isinstance(old, ml_collections.ConfigDict):
         raise ConfigError(f"config key {key!r} is a group; override one of its keys: "
                           f"{', '.join(sorted(old.keys()))}")
-    if isinstance(old, str) or old is None:
-        try:
-            value = ast.literal_eval(text)
-            return value if old is None or isinstance(value, str) else text
-        except (ValueError, SyntaxError):
-            return text
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if isinstance(old, bool) and text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        raise ConfigError(f"config key {key!r} expects a {type(old).__name__}, got {text!r}")
-    if isinstance(old, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects True or False, got {text!r}")
-    elif isinstance(old, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r} expects an int, got {text!r}")
-    elif isinstance(old, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r} expects a float, got {text!r}")
-        value = float(value)
-    elif isinstance(old, (tuple, list)):
-        if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"config key {key!r} expects a tuple, got {text!r}")
-        value = tuple(value)
-    return value
+        value = text  # a bare word: a string
+    if old is None or isinstance(old, str):
+        return value if old is None else text
+    if isinstance(old, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          tuple: lambda v: isinstance(v, (tuple, list)),
+          list: lambda v: isinstance(v, (tuple, list))}[type(old)](value)
+    if not ok:
+        raise ConfigError(f"config key {key!r} expects {_EXPECTED[type(old)]}, got {text!r}")
+    return float(value) if isinstance(old, float) else tuple(value) if isinstance(old, (tuple, list)) else value
 
 
 def _get(config, dotted):
