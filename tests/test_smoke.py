@@ -1,0 +1,112 @@
+"""End to end through the CLI: metrics files, eval, and (slow) the smoke runs' acceptance bars."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.image.depth=1", "--config.model.text.depth=1", "--config.model.image.width=32",
+        "--config.model.text.width=32", "--config.model.image.mlp_dim=64", "--config.model.text.mlp_dim=64",
+        "--config.train.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _mmjax(*args, devices=1, env_extra=None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", **(env_extra or {}))
+    out = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_eval(workdir):
+    return [r for r in _records(workdir) if any(k.startswith("eval/") for k in r)][-1]
+
+
+def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    out = _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, *TINY, "--config.train.steps=6",
+                 "--config.train.log_every=2", "--config.train.eval_every=3",
+                 "--config.train.checkpoint_every=3")
+    records = _records(workdir)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    for r in train:
+        assert {"train/loss", "train/lr", "train/examples_per_s"} <= r.keys()
+    evals = [r for r in records if "eval/zeroshot_top1" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert {"eval/i2t_r1", "eval/t2i_r1"} <= evals[0].keys()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[:2] == ["3", "6"]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["eval/zeroshot_top1"] == evals[-1]["eval/zeroshot_top1"]
+    again = _mmjax("eval", "--workdir", workdir, "--data_dir", data_dir)
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["step"] == 6 and result["eval/zeroshot_top1"] == evals[-1]["eval/zeroshot_top1"]
+
+
+def test_second_run_does_not_rebuild_the_data(tmp_path, data_dir):
+    _mmjax("train", "--workdir", str(tmp_path / "a"), "--data_dir", data_dir, *TINY, "--config.train.steps=1")
+    stamp = {p: os.path.getmtime(os.path.join(r, p)) for r, _, files in os.walk(data_dir) for p in files}
+    _mmjax("train", "--workdir", str(tmp_path / "b"), "--data_dir", data_dir, *TINY, "--config.train.steps=1")
+    assert stamp == {p: os.path.getmtime(os.path.join(r, p)) for r, _, files in os.walk(data_dir) for p in files}
+
+
+@pytest.mark.slow
+def test_default_smoke_clip_reaches_the_zero_shot_bar(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    out = _mmjax("train", "--workdir", workdir, "--data_dir", data_dir)
+    final = _final_eval(workdir)
+    assert final["step"] == 500 and final["eval/zeroshot_top1"] >= 0.85, final
+    assert "eval/zeroshot_top1" in out.stdout
+
+
+@pytest.mark.slow
+def test_smoke_clip_on_a_3d_mesh_of_8_devices_reaches_the_bar(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_clip.py",
+           "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
+    assert _final_eval(workdir)["eval/zeroshot_top1"] >= 0.85
+
+
+@pytest.mark.slow
+def test_smoke_mlm_beats_twice_the_most_frequent_token(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_mlm.py")
+    final = _final_eval(workdir)
+    assert final["eval/mlm_accuracy"] >= 2 * final["eval/mlm_baseline_accuracy"], final
+
+
+@pytest.mark.slow
+def test_smoke_clip_mlm_learns_both(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_clip_mlm.py")
+    final = _final_eval(workdir)
+    assert final["eval/zeroshot_top1"] >= 0.85, final
+    assert final["eval/mlm_accuracy"] >= 2 * final["eval/mlm_baseline_accuracy"], final
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_same_losses_as_one(tmp_path, data_dir):
+    args = ["--data_dir", data_dir, *TINY, "--config.train.steps=5", "--config.train.log_every=1",
+            "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
+    _mmjax("train", "--workdir", str(tmp_path / "one"), *args, devices=8)
+    env = dict(os.environ, MMJAX_LOG_DIR=str(tmp_path))
+    subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "4", "train", "--workdir",
+                    str(tmp_path / "two"), *args], cwd=ROOT, env=env, check=True, timeout=1200)
+    one = [r["train/loss"] for r in _records(str(tmp_path / "one")) if "train/loss" in r]
+    two = [r["train/loss"] for r in _records(str(tmp_path / "two")) if "train/loss" in r]
+    assert len(one) == len(two) == 5
+    assert one == pytest.approx(two, rel=1e-5)
