@@ -1,49 +1,272 @@
-"""Orbax checkpoints of a run: async saves of the train state, data position and config; resume."""
+"""Orbax checkpoints of a run: async saves, keep-N, exact resume, fallback past corrupt steps, preemption."""
 
 import json
 import logging
+import signal
+import threading
+import time
+from typing import Any, NamedTuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
+# Keys of the config that make a checkpoint what it is: they must match to resume from it.
+# Everything else (train.steps, mesh, optimiser settings, ...) may change between runs.
+MATCH_KEYS = ("task", "seed", "model", "data", "optim.name")
+# ... except these, which change how the model computes, not its parameters.
+COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention")
+
+
+class CheckpointError(RuntimeError):
+    """WORKDIR's checkpoints cannot be used by this run; the message says why and what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """WORKDIR's newest checkpoint was written by a different model config."""
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any            # the TrainState; with `params_only`, a dict holding just "params"
+    data_state: bytes | None  # this process's grain iterator state (None with `params_only`)
+    changes: list         # "key: a (checkpoint) vs b (config)" of the keys that changed
+    params_only: bool = False
+
+
+def _flatten(tree, prefix=""):
+    """{'a.b': leaf} of a nested dict (lists stay leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items()
+            for k, v in _flatten(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def config_differences(saved, current):
+    """(must_match, free): 'key: a (checkpoint) vs b (config)' lines of the keys that differ."""
+    a, b = _flatten(saved), _flatten(current)
+    under = lambda key, names: any(key == n or key.startswith(n + ".") for n in names)
+    must, free = [], []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if x != y:
+            line = f"{key}: {x!r} (checkpoint) vs {y!r} (config)"
+            (must if under(key, MATCH_KEYS) and not under(key, COMPUTE_KEYS) else free).append(line)
+    return must, free
+
+
+def data_state_for(saved, process_index, process_count):
+    """This process's grain iterator state out of the saved states of every process.
+
+    Written by as many processes as now: each takes its own. Otherwise (a job resumed on
+    another number of hosts) the position in the one global example order is re-split: the
+    processes together have consumed `n` examples, so process q of Q resumes at n + q,
+    n + q + Q, ... The next batches then hold the same examples in another row order.
+    """
+    states = saved["iterators"]
+    if len(states) == process_count:
+        return states[process_index].encode()
+    parsed = [json.loads(s) for s in states]
+    if any(s["worker_count"] != 0 for s in parsed):
+        raise CheckpointError(f"the checkpoint's data position was written by {len(states)} processes "
+                              f"with grain worker processes; it can only resume on {len(states)} "
+                              f"processes (this job has {process_count})")
+    count = len(states)
+    consumed = sum((s["last_seen_indices"]["0"] + count - p) // count for p, s in enumerate(parsed))
+    if consumed % process_count:
+        raise CheckpointError(f"{consumed} examples were consumed, which {process_count} processes "
+                              f"cannot split evenly; resume on {count} processes")
+    state = dict(parsed[0], last_seen_indices={"0": consumed - process_count + process_index})
+    return json.dumps(state, indent=4).encode()
+
+
+def _gather_text(text: str) -> list:
+    """`text` of every process, in process order (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return [text]
+    data = np.frombuffer(text.encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.int32(data.size))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = multihost_utils.process_allgather(padded)
+    return [bytes(row[:size]).decode() for row, size in zip(rows, sizes)]
+
+
+def _all_agree(ok: bool) -> bool:
+    """True when `ok` on every process."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.process_allgather(np.int32(ok)).all())
+
+
+def _sync(name):
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _first_line(error):
+    """'Type: first line of the message' (TensorStore's go on for pages)."""
+    text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+    return f"{type(error).__name__}: {text}"[:200]
+
 
 class Checkpointer:
-    """Saves `state` (sharded pytree), `data` (grain's iterator state, JSON bytes) and `config`
-    (JSON) every N steps under WORKDIR/checkpoints; keeps the newest `keep` and every
-    `keep_period`-th step for good; restores newest-first onto any mesh."""
+    """Saves `state` (sharded pytree), `data` (every process's grain iterator state) and
+    `config` (JSON) under WORKDIR/checkpoints/<step>; keeps the newest `keep` and every
+    `keep_period`-th step for good; restores newest-first onto any mesh.
 
-    def __init__(self, directory, config, *, keep=3, keep_period=None, async_save=True):
+    Orbax writes each step into a temporary directory and renames it when every item is
+    committed, so a step killed mid-save never shows up as a step; old steps are deleted
+    only after a newer one has committed. `read_only` (evaluation next to a running job)
+    neither writes, deletes, nor moves anything.
+    """
+
+    def __init__(self, directory, config, *, keep=3, keep_period=0, async_save=True,
+                 read_only=False):
+        self.directory = epath.Path(directory)
         self.config_json = json.loads(config.to_json())
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period or None,
-                                               enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(directory, options=options,
+        self.read_only = read_only
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep or None, keep_period=keep_period or None,
+            enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data", "config"))
 
-    def save(self, step, state, data_state, force=False):
-        return self.manager.save(step, args=ocp.args.Composite(
+    def save(self, step, state, data_state: bytes):
+        """Starts saving `step` and returns once the arrays are copied off the devices; the
+        write goes on in the background. Every process calls it (its data state is gathered)."""
+        iterators = _gather_text(data_state.decode())
+        return self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave({"iterator": data_state.decode()}),
-            config=ocp.args.JsonSave(self.config_json)), force=force)
+            data=ocp.args.JsonSave({"process_count": len(iterators), "iterators": iterators}),
+            config=ocp.args.JsonSave(self.config_json)))
 
-    def latest_step(self):
-        return self.manager.latest_step()
+    def all_steps(self):
+        return list(self.manager.all_steps())
 
-    def restore(self, abstract_state, step=None):
-        """(step, state, data_state) of `step` (default: the newest), or None without any.
+    def restore(self, abstract_state, *, params_only=False, weights_only=False):
+        """The newest usable checkpoint as `Restored`, or None when there is none.
 
         `abstract_state` holds ShapeDtypeStructs with the target shardings, so a checkpoint
-        written on one mesh is laid out on whatever mesh this run has."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
+        written on one mesh is laid out on whatever mesh this run has. A step that does not
+        restore is reported and, once an older one restores, moved to checkpoints/corrupt/
+        (kept for inspection, out of the way of this run's saves). If none restores,
+        CheckpointError names each failure and nothing is moved.
+
+        A checkpoint of another model config (MATCH_KEYS) raises CheckpointMismatchError,
+        unless `weights_only`: then only its params are taken and the earlier run's steps
+        move to checkpoints/earlier-<time>/, so this run starts afresh at step 0.
+        `params_only` (evaluation) restores just the params of a matching checkpoint.
+        """
+        failures, changed = [], []
+        for step in reversed(self.all_steps()):
+            try:
+                saved = self.manager.restore(step, args=ocp.args.Composite(
+                    config=ocp.args.JsonRestore()))["config"]
+            except Exception as e:  # noqa: BLE001 - a step that does not read is corrupt
+                failures.append((step, e))
+                continue
+            must, changed = config_differences(saved, self.config_json)
+            if must and not weights_only:
+                raise CheckpointMismatchError(
+                    f"{self.directory} holds checkpoints of a different config (newest: step "
+                    f"{step}): " + "; ".join(must) + ". Use a new --workdir for this config, "
+                    "set these keys back to resume, or pass --load_weights_only to start "
+                    "this config from the checkpoint's parameters")
+            error = None
+            try:
+                restored = self._restore_step(step, abstract_state, params_only or bool(must))
+            except Exception as e:  # noqa: BLE001
+                error = e
+            if not _all_agree(error is None):
+                failures.append((step, error or RuntimeError("failed on another process")))
+                continue
+            if jax.process_index() == 0:
+                for failed, e in failures:
+                    log.warning("checkpoint step %d under %s does not restore (%s); using "
+                                "step %d instead", failed, self.directory, _first_line(e), step)
+            self._move_aside([s for s, _ in failures], "corrupt", stamp=True)
+            if must:  # weights only: this run starts afresh, so the earlier steps make way
+                self._move_aside(self.all_steps(), f"earlier-{time.strftime('%Y%m%d-%H%M%S')}")
+                return restored._replace(step=0, changes=must)
+            return restored._replace(changes=changed)
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint under {self.directory} restores: " + "; ".join(
+                    f"step {s}: {_first_line(e)}" for s, e in failures) +
+                (". Keys changed since the newest readable one: " + "; ".join(changed)
+                 if changed else "") +
+                ". Nothing was moved or deleted: fix the cause, move those steps away, or use "
+                "a new --workdir")
+        return None
+
+    def _restore_step(self, step, abstract_state, params_only):
+        if params_only:  # a checkpointer of its own: the manager's "state" handler stays Standard
+            target = {"params": abstract_state.params}
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+                params = checkpointer.restore(self.directory / str(step) / "state",
+                                              args=ocp.args.PyTreeRestore(
+                    item=target, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+            return Restored(step, params, None, [], params_only=True)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore()))
-        return step, restored["state"], restored["data"]["iterator"].encode()
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        data_state = data_state_for(restored["data"], jax.process_index(), jax.process_count())
+        return Restored(step, restored["state"], data_state, [])
+
+    def _move_aside(self, steps, folder, stamp=False):
+        """Moves step directories to checkpoints/<folder>/: kept, but out of the manager's
+        sight. Process 0 moves, every process waits. Read-only: nothing moves."""
+        if self.read_only or not steps:
+            return
+        if jax.process_index() == 0:
+            (self.directory / folder).mkdir(parents=True, exist_ok=True)
+            suffix = time.strftime("-%Y%m%d-%H%M%S") if stamp else ""
+            for step in steps:
+                target = self.directory / folder / f"{step}{suffix}"
+                (self.directory / str(step)).rename(target)
+                log.warning("moved checkpoint step %d to %s", step, target)
+        _sync(f"mmjax_checkpoint_move_{folder}")
+        self.manager.reload()
 
     def wait(self):
+        """Blocks until the last save is committed (raises if it failed)."""
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.close()
+
+
+class PreemptionNotice:
+    """`notice(step)` is True at the step where the job should save and stop.
+
+    Under `jax.distributed` this is JAX's preemption sync point: its notifier catches
+    SIGTERM on any process and every process sees True at the same step. A single process
+    installs a SIGTERM handler that only sets a flag, checked once a step. Either way a
+    second SIGTERM during the save changes nothing. `close()` puts the old handler back,
+    unless a notice came: then SIGTERMs stay ignored, so the exit after the save stays clean.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+        if not jax.distributed.is_initialized() and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __call__(self, step) -> bool:
+        if jax.distributed.is_initialized():
+            return ocp.multihost.reached_preemption(step)
+        return self.received
+
+    def close(self):
+        if self._previous is not None and not self.received:
+            signal.signal(signal.SIGTERM, self._previous)
+        self._previous = None

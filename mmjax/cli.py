@@ -1,4 +1,4 @@
-"""Command line: `mmjax train | eval`."""
+"""Command line: `mmjax train | eval | export | import`."""
 
 import argparse
 import json
@@ -8,6 +8,8 @@ import sys
 import ml_collections
 
 from mmjax import config as config_lib
+from mmjax.checkpoint import CheckpointError
+from mmjax.convert import FORMATS
 from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
 from mmjax.sharding import MeshError
 
@@ -21,6 +23,10 @@ def _parser():
     train.add_argument("--config", default=None,
                        help="config file (default: the embedded configs/smoke_clip.py)")
     train.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    train.add_argument("--load_weights_only", action="store_true",
+                       help="WORKDIR's checkpoints are of another model config: start this one "
+                            "from their parameters (the earlier steps move to "
+                            "checkpoints/earlier-*)")
     for p in (train, sub.add_parser("eval", help="evaluate the newest checkpoint in WORKDIR")):
         if p is not train:
             p.add_argument("--workdir", required=True)
@@ -29,7 +35,45 @@ def _parser():
                        help="multi-host: host:port of process 0 (TPU VMs and SLURM need none)")
         p.add_argument("--num_processes", type=int, default=None)
         p.add_argument("--process_id", type=int, default=None)
+    export = sub.add_parser("export", help="write WORKDIR's parameters as params-only orbax, "
+                                           "safetensors, open_clip or transformers BERT weights")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="a directory (a .safetensors file for safetensors)")
+    export.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                        help="cast the parameters (params and safetensors formats)")
+    imp = sub.add_parser("import", help="start a new WORKDIR (a step-0 checkpoint for eval / train) "
+                                        "from exported, open_clip or transformers BERT weights",
+                         epilog="open_clip / hf_bert take the model from the weights and the rest "
+                                "from --config; --config.KEY=VALUE overrides apply")
+    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--src", required=True, help="what `mmjax export` wrote, an open_clip local "
+                                                  "dir or a transformers BERT dir")
+    imp.add_argument("--workdir", required=True)
+    imp.add_argument("--config", default=None, help="base config for open_clip / hf_bert (default: "
+                                                    "the embedded smoke config of that task)")
+    imp.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     return parser
+
+
+def _export_or_import(args, overrides):
+    from mmjax import export
+    try:
+        if args.command == "export":
+            if overrides:
+                raise config_lib.ConfigError("export takes the config saved with the checkpoint; "
+                                             "drop the --config.* flags")
+            result = export.export(args.workdir, args.format, args.out, args.step, args.dtype)
+        else:
+            result = export.import_weights(args.format, args.src, args.workdir,
+                                           os.path.expanduser(args.data_dir), args.config, overrides)
+    except (config_lib.ConfigError, DataDirError, MeshError, ValueError, ImportError,
+            FileNotFoundError, FileExistsError, PermissionError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 def _config_from_json(path):
@@ -45,6 +89,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     overrides = [a for a in argv if a.startswith("--config.")]
     args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    if args.command in ("export", "import"):
+        return _export_or_import(args, overrides)
     try:
         data_dir = os.path.expanduser(args.data_dir)
         if args.command == "train":
@@ -71,10 +117,11 @@ def main(argv=None):
                 os.makedirs(workdir, exist_ok=True)
                 with open(os.path.join(workdir, "config.json"), "w") as f:
                     f.write(config.to_json(indent=2))
-            results = train(config, workdir, data_dir)
+            results = train(config, workdir, data_dir, weights_only=args.load_weights_only)
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
-    except (config_lib.ConfigError, MeshError, DataDirError, FileNotFoundError, PermissionError) as e:
+    except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
+            PermissionError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

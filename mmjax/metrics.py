@@ -10,14 +10,20 @@ import tqdm
 
 class MetricWriter:
     """Writes one JSON object per logged step / evaluation to WORKDIR/metrics.jsonl and the
-    same scalars to TensorBoard. Only process 0 writes (`enabled=False` elsewhere)."""
+    same scalars to TensorBoard. Only process 0 writes (`enabled=False` elsewhere).
+
+    A run resuming at `start_step` first drops the records of later steps (written by a run
+    that died after its last checkpoint; this run writes them again), so the file holds each
+    step once."""
 
     def __init__(self, workdir, total_steps, start_step=0, enabled=True):
         self.enabled = enabled
         self.jsonl = self.tensorboard = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            drop_records_after(path, start_step)
+            self.jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
@@ -46,6 +52,28 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.close()
             self.tensorboard.close()
+
+
+def drop_records_after(path, step):
+    """Rewrites a JSONL file without the records of steps after `step` and without a torn
+    last line (a run killed mid-write); leaves it untouched when there is nothing to drop."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and record.get("step", 0) <= step:
+            keep.append(line)
+    if len(keep) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
 
 
 class Throughput:

@@ -1,12 +1,37 @@
 """BERT-style masked language model: text encoder + MLM head tied to the word embeddings."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mmjax.masking import gather_positions
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.transformer import ACTIVATIONS, layer_norm
+
+
+@jax.custom_vjp
+def tied_decoder(h, table, bias):
+    """Vocabulary logits h [b, m, e] @ table [v, e]ᵀ + bias [v] -> [b, m, v].
+
+    The backward is written out as three matmuls (dh, dtable, and dbias as ones @ g): XLA's
+    own bias gradient, a column reduction over [b·m, v], took as long as a matmul on CPU.
+    """
+    return jnp.einsum("bme,ve->bmv", h, table) + bias
+
+
+def _tied_decoder_fwd(h, table, bias):
+    return tied_decoder(h, table, bias), (h, table)
+
+
+def _tied_decoder_bwd(residuals, g):
+    h, table = residuals
+    rows = g.reshape(-1, g.shape[-1])  # [b·m, v]
+    return (jnp.einsum("bmv,ve->bme", g, table), rows.T @ h.reshape(-1, h.shape[-1]),
+            jnp.ones(rows.shape[0], rows.dtype) @ rows)
+
+
+tied_decoder.defvjp(_tied_decoder_fwd, _tied_decoder_bwd)
 
 
 class MlmHead(nn.Module):
@@ -30,7 +55,7 @@ class MlmHead(nn.Module):
         h = layer_norm(self.norm_eps, name="ln", **kw)(ACTIVATIONS[self.activation](h))
         bias = self.param("output_bias", logical(nn.initializers.zeros, ("vocab",)),
                           (word_embeddings.shape[0],), self.param_dtype)
-        return jnp.einsum("bme,ve->bmv", h, word_embeddings.astype(self.dtype)) + bias.astype(self.dtype)
+        return tied_decoder(h, word_embeddings.astype(self.dtype), bias.astype(self.dtype))
 
 
 class BertMlm(nn.Module):

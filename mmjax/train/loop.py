@@ -1,13 +1,14 @@
 """The one train loop: build or restore the sharded state, step, log, evaluate, checkpoint."""
 
 import os
+import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import sharding
-from mmjax.checkpoint import Checkpointer
+from mmjax.checkpoint import Checkpointer, PreemptionNotice
 from mmjax.config import ConfigError
 from mmjax.data import builders, pipeline
 from mmjax.data.tokenizers import get_tokenizer
@@ -61,9 +62,10 @@ def describe_memory(state, compiled):
     return lines
 
 
-def train(config, workdir, data_dir):
-    """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the last
-    evaluation's metrics."""
+def train(config, workdir, data_dir, weights_only=False):
+    """Trains `config` in `workdir` (resuming from its newest usable checkpoint); returns the
+    last evaluation's metrics. On SIGTERM it saves, and returns once the save is committed.
+    `weights_only`: a checkpoint of another model config gives just its parameters."""
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.train.batch_size, mesh)
     rule_table = sharding.rules(config.get("sharding"))
@@ -74,16 +76,24 @@ def train(config, workdir, data_dir):
     batches = train_batches(config, data_dir, tokenizer)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config, keep=config.checkpoint.keep,
                         keep_period=config.checkpoint.keep_period)
-    restored = ckpt.restore(abstract_state)
-    if restored:
-        start, state, data_state = restored
-        batches.set_state(data_state)
+    restored = ckpt.restore(abstract_state, weights_only=weights_only)
+    if restored and not restored.params_only:
+        start, state, origin = restored.step, restored.state, f"resuming at step {restored.step}"
+        batches.set_state(restored.data_state)
     else:
-        start = 0
+        start, origin = 0, "from scratch"
         state, _ = create_train_state(config, model, tx, mesh, rule_table)
+    if restored and restored.params_only:  # --load_weights_only, from another config's run
+        state = state.replace(params=restored.state["params"])
+        origin = "from the parameters of another config's checkpoint (now in checkpoints/earlier-*)"
+        metrics_file = os.path.join(workdir, "metrics.jsonl")
+        if jax.process_index() == 0 and os.path.exists(metrics_file):  # that run's, kept
+            os.replace(metrics_file, f"{metrics_file}.earlier-{time.strftime('%Y%m%d-%H%M%S')}")
+    if restored and restored.changes:
+        origin += "; changed since the checkpoint: " + "; ".join(restored.changes)
     writer = MetricWriter(workdir, config.train.steps, start, enabled=jax.process_index() == 0)
     writer.print(f"mesh {dict(mesh.shape)} on {jax.device_count()} devices, "
-                 f"{jax.process_count()} process(es); " + ("resuming at step %d" % start if start else "from scratch"))
+                 f"{jax.process_count()} process(es); {origin}")
     train_step = make_train_step(config, model, tx, lr_schedule, mesh, rule_table, tokenizer,
                                  state_shardings)
     evaluate = make_evaluator(config, model, tokenizer, data_dir, mesh)
@@ -94,12 +104,14 @@ def train(config, workdir, data_dir):
         for line in describe_memory(state, train_step.compile(state, batch)):
             writer.print(line)
     throughput(start)
+    preemption = PreemptionNotice()  # SIGTERM: save at a step every process agrees on, stop
     for step in range(start + 1, config.train.steps + 1):
         state, metrics = train_step(state, batch)
         last = step == config.train.steps
-        save = step % config.train.checkpoint_every == 0 or last
+        preempted = preemption(step)
+        save = step % config.train.checkpoint_every == 0 or last or preempted
         data_state = batches.get_state() if save else None  # before the next batch is read
-        if not last:
+        if not (last or preempted):
             batch = sharding.global_batch(next(batches), mesh)  # overlaps with the step
         if step % config.train.log_every == 0 or last:
             metrics = jax.device_get(metrics)
@@ -107,12 +119,16 @@ def train(config, workdir, data_dir):
             writer.write(step, {f"train/{k}": v for k, v in metrics.items()} |
                          {"train/examples_per_s": rate})
             writer.progress(step, float(metrics["loss"]), rate)
-        if step % config.train.eval_every == 0 or last:
+        if (step % config.train.eval_every == 0 or last) and not preempted:
             results = writer.write(step, evaluate(state.params))
             writer.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()
                                                       if k != "step"))
         if save:
             ckpt.save(step, state, data_state)
+        if preempted:
+            ckpt.wait()
+            writer.print(f"preempted: saved step {step}; run the same command to resume")
+            break
     if start >= config.train.steps:
         results = writer.write(start, evaluate(state.params))
         writer.print(f"already trained to step {start}: " + ", ".join(
@@ -120,6 +136,7 @@ def train(config, workdir, data_dir):
     ckpt.wait()
     ckpt.close()
     writer.close()
+    preemption.close()
     return results
 
 
@@ -130,12 +147,12 @@ def evaluate_checkpoint(config, workdir, data_dir):
     model = build_model(config)
     tx, _ = make_optimizer(config.optim, config.train.steps)
     abstract_state, _ = abstract_train_state(config, model, tx, mesh, sharding.rules(config.get("sharding")))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config)
-    restored = ckpt.restore(abstract_state)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config, read_only=True)
+    restored = ckpt.restore(abstract_state, params_only=True)
+    ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first with "
                                 f"`mmjax train --workdir {workdir}`")
-    step, state, _ = restored
-    results = {"step": step, **make_evaluator(config, model, tokenizer, data_dir, mesh)(state.params)}
-    ckpt.close()
+    params = restored.state["params"]
+    results = {"step": restored.step, **make_evaluator(config, model, tokenizer, data_dir, mesh)(params)}
     return results

@@ -1,0 +1,1 @@
+"""Train-step benchmarks: throughput, MFU and memory of mmjax and of the peers users would pick."""

@@ -1,0 +1,229 @@
+"""The implementations users would pick instead, built on the same shapes: HF Flax/PyTorch, open_clip.
+
+Each peer gets the config's sizes, dtype, batch and AdamW settings, the same synthetic
+data (MLM: the same 15% masking, done on the host as a data collator would), no dropout,
+and each library's own model classes and usual loss: HF's MLM head scores every position,
+which is what `*ForMaskedLM` does. Install them with the `[bench]` extra into a separate
+environment (benchmarks/README.md); a peer that does not import is reported unavailable.
+"""
+
+import resource
+import time
+
+import numpy as np
+
+from benchmarks.train_step import (BERT_IDS, malloc_name, stand_in_tokenizer,
+                                   synthetic_batches, timing_record)
+
+PEERS = {"mlm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
+         "clip": ("hf_flax", "open_clip", "open_clip_compiled")}
+
+
+def run(impl, config, name, steps, warmup):
+    """Times `impl` on `config`; returns the timing record, or {'available': False, ...}."""
+    try:
+        build = BUILDERS[(config.task, impl.removesuffix("_compiled"))]
+        step, version = build(config, compiled=impl.endswith("_compiled"))
+    except ImportError as e:
+        return {"impl": impl, "available": False, "reason": f"{type(e).__name__}: {e}"}
+    start = time.perf_counter()
+    step(0)  # JAX peers: the AOT compile already ran in build; torch: lazy init / torch.compile
+    first_s = time.perf_counter() - start
+    for i in range(1, warmup):
+        step(i)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(warmup + i)
+        times.append(time.perf_counter() - start)
+    record = timing_record(config, name, impl, times, getattr(step, "compile_s", first_s))
+    record.update(version=version, first_step_s=first_s, malloc=malloc_name(),
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return record
+
+
+def masked_batches(config):
+    """Host batches with mmjax's BERT masking applied: ids, and labels (-100 = not predicted)."""
+    import jax
+    from mmjax.masking import bert_mask
+    tok, out = stand_in_tokenizer(config), []
+    for i, batch in enumerate(synthetic_batches(config)):
+        m = jax.device_get(bert_mask(jax.random.PRNGKey(i), batch["tokens"], vocab_size=tok.vocab_size,
+                                     mask_id=tok.mask_id, special_ids=tok.special_ids,
+                                     max_predictions=config.model.mlm.max_predictions,
+                                     mask_rate=config.model.mlm.mask_rate))
+        labels = np.full(m["inputs"].shape, -100, np.int64)
+        rows, slots = np.nonzero(m["weights"])
+        labels[rows, m["positions"][rows, slots]] = m["labels"][rows, slots]
+        out.append({"input_ids": m["inputs"], "labels": labels,
+                    "attention_mask": (m["inputs"] != BERT_IDS["pad"]).astype(np.int64)})
+    return out
+
+
+def hf_bert_config(config):
+    from transformers import BertConfig
+    t = config.model.text
+    return BertConfig(vocab_size=t.vocab_size, hidden_size=t.width, num_hidden_layers=t.depth,
+                      num_attention_heads=t.num_heads, intermediate_size=t.mlp_dim, hidden_act="gelu",
+                      max_position_embeddings=max(512, t.context_length), type_vocab_size=2,
+                      layer_norm_eps=t.norm_eps, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, tie_word_embeddings=True)
+
+
+def hf_clip_config(config):
+    from transformers import CLIPConfig
+    m, d = config.model, config.data
+    text = dict(vocab_size=m.text.vocab_size, hidden_size=m.text.width, intermediate_size=m.text.mlp_dim,
+                num_hidden_layers=m.text.depth, num_attention_heads=m.text.num_heads,
+                max_position_embeddings=m.text.context_length, hidden_act="gelu",
+                bos_token_id=m.text.vocab_size - 2, eos_token_id=m.text.vocab_size - 1)
+    vision = dict(image_size=d.image_size, patch_size=m.image.patch_size, num_channels=d.image_channels,
+                  hidden_size=m.image.width, intermediate_size=m.image.mlp_dim,
+                  num_hidden_layers=m.image.depth, num_attention_heads=m.image.num_heads,
+                  hidden_act="gelu")
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.embed_dim)
+
+
+def flax_peer(config, model, loss_fn, batches):
+    """A jitted (params, opt_state) update with donated buffers, compiled ahead of time."""
+    import jax
+    import optax
+    o = config.optim
+    tx = optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    params = model.params
+
+    def update(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = [params, tx.init(params)]
+    device_batches = [jax.device_put(b) for b in batches]
+    start = time.perf_counter()
+    compiled = jax.jit(update, donate_argnums=(0, 1)).lower(*state, device_batches[0]).compile()
+    compile_s = time.perf_counter() - start
+
+    def step(i):
+        state[0], state[1], loss = compiled(*state, device_batches[i % len(device_batches)])
+        jax.block_until_ready(loss)
+
+    step.compile_s = compile_s
+    return step
+
+
+def build_hf_flax_mlm(config, compiled=False):
+    import jax.numpy as jnp
+    import optax
+    import transformers
+    from transformers import FlaxBertForMaskedLM
+    model = FlaxBertForMaskedLM(hf_bert_config(config), seed=0, dtype=jnp.dtype(config.model.dtype))
+
+    def loss_fn(params, batch):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=jnp.zeros_like(batch["input_ids"]), params=params).logits
+        mask = batch["labels"] != -100
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), jnp.where(mask, batch["labels"], 0))
+        return (ce * mask).sum() / mask.sum()
+
+    batches = [{k: v.astype(np.int32) for k, v in b.items()} for b in masked_batches(config)]
+    return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
+
+
+def build_hf_flax_clip(config, compiled=False):
+    import jax.numpy as jnp
+    import optax
+    import transformers
+    from transformers import FlaxCLIPModel
+    model = FlaxCLIPModel(hf_clip_config(config), seed=0, dtype=jnp.dtype(config.model.dtype))
+
+    def loss_fn(params, batch):
+        logits = model(batch["text"], batch["image"], params=params).logits_per_image.astype(jnp.float32)
+        labels = jnp.arange(logits.shape[0])
+        return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+
+    batches = [{"image": b["image"].transpose(0, 3, 1, 2), "text": b["text"]}  # HF Flax CLIP takes NCHW
+               for b in synthetic_batches(config)]
+    return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
+
+
+_TORCHVISION_STUBS = []
+
+
+def import_torch():
+    """torch, plus stub schemas for torchvision's C++ ops when torchvision is the PyPI (CUDA)
+    build next to a CPU torch: its ops fail to register, and transformers / open_clip import it."""
+    import importlib.metadata
+    import torch
+    try:
+        vision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return torch
+    if torch.version.cuda is None and "+cpu" not in vision and not _TORCHVISION_STUBS:
+        stubs = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            stubs.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_STUBS.append(stubs)  # the schemas live as long as the Library object
+    return torch
+
+
+def torch_peer(config, model, loss_fn, batches, compiled):
+    """An eager (or torch.compile'd model) step: forward, loss, backward, AdamW, zero_grad."""
+    torch = import_torch()
+    o = config.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    forward = torch.compile(model) if compiled else model
+    batches = [{k: torch.from_numpy(np.array(v)) for k, v in b.items()} for b in batches]
+    bf16 = config.model.dtype == "bfloat16"
+
+    def step(i):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(forward, batches[i % len(batches)])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_hf_torch_mlm(config, compiled=False):
+    import_torch()
+    import transformers
+    from transformers import BertForMaskedLM
+    model = BertForMaskedLM(hf_bert_config(config)).train()
+
+    def loss_fn(forward, b):
+        return forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       labels=b["labels"]).loss
+
+    return (torch_peer(config, model, loss_fn, masked_batches(config), compiled),
+            f"transformers {transformers.__version__} ({model.config._attn_implementation})")
+
+
+def build_open_clip(config, compiled=False):
+    import_torch()
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    m, d = config.model, config.data
+    vision = CLIPVisionCfg(layers=m.image.depth, width=m.image.width, head_width=m.image.width // m.image.num_heads,
+                           mlp_ratio=m.image.mlp_dim / m.image.width, patch_size=m.image.patch_size,
+                           image_size=d.image_size)
+    text = CLIPTextCfg(context_length=m.text.context_length, vocab_size=m.text.vocab_size,
+                       width=m.text.width, heads=m.text.num_heads, layers=m.text.depth,
+                       mlp_ratio=m.text.mlp_dim / m.text.width)
+    model = CLIP(m.embed_dim, vision, text, quick_gelu=m.image.activation == "quick_gelu").train()
+    clip_loss = open_clip.loss.ClipLoss()
+
+    def loss_fn(forward, b):
+        image, text_features, scale = forward(b["image"], b["text"])[:3]
+        return clip_loss(image.float(), text_features.float(), scale)
+
+    batches = [{"image": b["image"].transpose(0, 3, 1, 2), "text": b["text"].astype(np.int64)}
+               for b in synthetic_batches(config)]
+    return torch_peer(config, model, loss_fn, batches, compiled), f"open_clip {open_clip.__version__}"
+
+
+BUILDERS = {("mlm", "hf_flax"): build_hf_flax_mlm, ("mlm", "hf_torch"): build_hf_torch_mlm,
+            ("clip", "hf_flax"): build_hf_flax_clip, ("clip", "open_clip"): build_open_clip}

@@ -1,0 +1,288 @@
+"""Times the train step of a config: throughput, compile time, FLOPs, MFU against a measured peak, memory.
+
+  python -m benchmarks.train_step configs/bench_mlm_s.py [--config.KEY=VALUE ...] [--steps 10]
+  .venv-bench/bin/python -m benchmarks.train_step configs/bench_clip_s.py --peers [--rounds 3]
+
+Builds the model and optimizer from the config, compiles the jitted step ahead of time,
+warms up, then times `--steps` steady-state steps one by one (the next synthetic batch is
+put on the device while the step runs) and measures the machine's matmul peak (jitted n×n
+float32 and bfloat16 matmuls) in the same process. Prints one JSON line; MFU = achieved
+FLOP/s (benchmarks/flops.py) / measured peak of the compute dtype.
+
+--peers runs mmjax and each installed peer (benchmarks/peers.py) in fresh processes, in
+alternating order for `--rounds` rounds so machine noise hits all of them, and prints one
+JSON line with every result and the ratios mmjax / peer.
+"""
+
+import argparse
+import ctypes.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.flops import train_flops
+from mmjax import config as config_lib
+from mmjax import sharding
+from mmjax.nn.build import build_model
+from mmjax.optim import make_optimizer
+from mmjax.train.state import create_train_state
+from mmjax.train.step import make_train_step
+
+UNITS = {"mlm": "tokens/s", "clip": "pairs/s"}
+BERT_IDS = dict(pad=0, cls=101, sep=102, mask=103)  # bert-base-uncased's special ids
+
+
+def examples_per_step(config):
+    """Throughput unit count of one step: tokens for MLM, image-text pairs for CLIP."""
+    b = config.train.batch_size
+    return b * config.model.text.context_length if config.task == "mlm" else b
+
+
+def stand_in_tokenizer(config):
+    """What the MLM step needs from a tokenizer, with BERT's special ids."""
+    return types.SimpleNamespace(vocab_size=config.model.text.vocab_size, mask_id=BERT_IDS["mask"],
+                                 special_ids=(BERT_IDS["pad"], BERT_IDS["cls"], BERT_IDS["sep"],
+                                              BERT_IDS["mask"]))
+
+
+def synthetic_batches(config, count=4, seed=0):
+    """`count` host batches of random data with the config's shapes.
+
+    MLM: full-length [CLS] ids [SEP] rows. CLIP: normal images and [SOT] ids [EOT] captions of
+    random length, zero-padded (EOT is the largest id, so EOT pooling finds it).
+    """
+    rng = np.random.default_rng(seed)
+    b, t = config.train.batch_size, config.model.text
+    batches = []
+    for _ in range(count):
+        if config.task == "mlm":
+            tokens = rng.integers(1000, t.vocab_size, (b, t.context_length), dtype=np.int32)
+            tokens[:, 0], tokens[:, -1] = BERT_IDS["cls"], BERT_IDS["sep"]
+            batches.append({"tokens": tokens})
+            continue
+        size, channels = config.data.image_size, config.data.image_channels
+        text = rng.integers(1, t.vocab_size - 2, (b, t.context_length), dtype=np.int32)
+        lengths = rng.integers(4, t.context_length + 1, b)
+        text[:, 0] = t.vocab_size - 2
+        text[np.arange(b), lengths - 1] = t.vocab_size - 1
+        text[np.arange(t.context_length)[None] >= lengths[:, None]] = 0
+        images = rng.standard_normal((b, size, size, channels), dtype=np.float32)
+        batches.append({"image": images, "text": text})
+    return batches
+
+
+def matmul_peak(dtype, n=None, repeats=5):
+    """Best FLOP/s of a jitted n×n @ n×n matmul in `dtype` (n = 2048 on CPU, 8192 elsewhere)."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dtype) for i in range(2))
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def time_steps(step, state, host_batches, put, warmup, steps):
+    """Runs warmup + steps steps; returns (state, seconds of each timed step).
+
+    The next batch goes to the device while the step runs; the wait is on the step's outputs.
+    """
+    batch, times = put(host_batches[0]), []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        batch = put(host_batches[(i + 1) % len(host_batches)])
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+    return state, times[warmup:]
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def peak_device_mb():
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
+def timing_record(config, name, impl, times, compile_s):
+    """The keys every implementation reports, from its step times."""
+    median = statistics.median(times)
+    return {"config": name, "impl": impl, "unit": UNITS[config.task],
+            "throughput": examples_per_step(config) / median, "step_time_s": median,
+            "step_time_min_s": min(times), "step_time_max_s": max(times), "steps": len(times),
+            "compile_s": compile_s, "flops_per_step": train_flops(config),
+            "batch_size": config.train.batch_size, "dtype": config.model.dtype}
+
+
+def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
+    mesh = sharding.make_mesh(config.mesh)
+    rule_table = sharding.rules(config.get("sharding"))
+    model = build_model(config)
+    tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
+    state, shardings = create_train_state(config, model, tx, mesh, rule_table)
+    step = make_train_step(config, model, tx, lr_schedule, mesh, rule_table,
+                           stand_in_tokenizer(config), shardings)
+    host_batches = synthetic_batches(config)
+    put = lambda b: sharding.global_batch(b, mesh)  # noqa: E731
+    start = time.perf_counter()
+    compiled = step.compile(state, put(host_batches[0]))
+    compile_s = time.perf_counter() - start
+    state, times = time_steps(step, state, host_batches, put, warmup, steps)
+    record = timing_record(config, name, "mmjax", times, compile_s)
+    record["achieved_flops"] = record["flops_per_step"] / record["step_time_s"]
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        record["step_temp_mb"] = memory.temp_size_in_bytes / 2 ** 20
+    if measure_peak:
+        peaks = {d: matmul_peak(jnp.dtype(d), peak_n) for d in ("float32", "bfloat16")}
+        record.update(peak_flops=peaks.get(config.model.dtype, peaks["float32"]),
+                      peak_flops_float32=peaks["float32"], peak_flops_bfloat16=peaks["bfloat16"])
+        record["mfu"] = record["achieved_flops"] / record["peak_flops"]
+    record.update(peak_rss_mb=peak_rss_mb(), peak_device_mb=peak_device_mb(),
+                  model={k: config.model[k] for k in ("scan", "remat", "attention")},
+                  device=jax.devices()[0].device_kind, device_count=jax.device_count(),
+                  load_avg=os.getloadavg()[0], malloc=malloc_name())
+    return record
+
+
+def run_one(args, name, config):
+    if args.impl == "mmjax":
+        return run_mmjax(config, name, args.steps, args.warmup, not args.no_peak, args.peak_n)
+    from benchmarks import peers
+    return peers.run(args.impl, config, name, args.steps, args.warmup)
+
+
+def run_peers(args, name, config):
+    """mmjax and every peer of the task, each in a fresh process, alternating for args.rounds."""
+    from benchmarks.peers import PEERS
+    impls = ["mmjax", *PEERS[config.task]]
+    runs = {impl: [] for impl in impls}
+    unavailable = {}
+    for r in range(args.rounds):
+        for impl in impls if r % 2 == 0 else impls[::-1]:
+            if impl in unavailable:
+                continue
+            command = [sys.executable, "-m", "benchmarks.train_step", args.config, *args.overrides,
+                       "--impl", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                       "--malloc", args.malloc]
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+            result = json.loads(lines[-1]) if lines else {
+                "available": False, "reason": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+            print(f"round {r} {impl}: " + (f"{result['throughput']:.1f} {result['unit']}"
+                  if "throughput" in result else f"unavailable ({result['reason']})"), file=sys.stderr)
+            if "throughput" in result:
+                runs[impl].append(result)
+            else:
+                unavailable[impl] = result["reason"]
+    return summarize(config, name, runs, unavailable)
+
+
+def summarize(config, name, runs, unavailable):
+    """Per implementation: the median step time over all rounds' steps, and mmjax / peer."""
+    summary = {}
+    for impl, results in runs.items():
+        if not results:
+            continue
+        times = [r["step_time_s"] for r in results]
+        first = results[0]
+        summary[impl] = {"throughput": examples_per_step(config) / statistics.median(times),
+                         "step_time_s": statistics.median(times),
+                         "round_throughputs": [r["throughput"] for r in results],
+                         "compile_s": min(r["compile_s"] for r in results),
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+        summary[impl].update({k: max(r[k] for r in results) for k in (  # the least disturbed peak
+            "peak_flops", "peak_flops_float32", "peak_flops_bfloat16") if k in first})
+        if "version" in first:
+            summary[impl]["version"] = first["version"]
+    out = {"config": name, "unit": UNITS[config.task], "flops_per_step": train_flops(config),
+           "results": summary, "unavailable": unavailable, "load_avg": os.getloadavg()[0],
+           "malloc": malloc_name()}
+    if "mmjax" in summary and "peak_flops" in summary["mmjax"]:
+        achieved = out["flops_per_step"] / summary["mmjax"]["step_time_s"]
+        summary["mmjax"]["mfu"] = achieved / summary["mmjax"]["peak_flops"]
+    peers = {k: v["throughput"] for k, v in summary.items() if k != "mmjax"}
+    if "mmjax" in summary and peers:
+        mine = summary["mmjax"]["throughput"]
+        out["ratios"] = {k: mine / v for k, v in peers.items()}
+        out["fastest_peer"] = max(peers, key=peers.get)
+        out["ratio_vs_fastest_peer"] = mine / peers[out["fastest_peer"]]
+        # Ratios within each round (runs next to each other in time), robust to load that
+        # changes between rounds: the median of them per peer.
+        out["round_ratios"] = {k: statistics.median(a["throughput"] / b["throughput"]
+                                                    for a, b in zip(runs["mmjax"], runs[k]))
+                               for k in peers}
+    return out
+
+
+def preload_tcmalloc(argv):
+    """Re-executes this command with tcmalloc preloaded, if it is installed and not loaded yet.
+
+    XLA's CPU runtime allocates the step's temporaries (hundreds of MB) on every call, and
+    glibc hands such blocks back to the kernel on free, so each step page-faults them in
+    again: ~20% of a CPU step's time in the kernel at the benchmark shapes. tcmalloc keeps
+    them. Peers started by --peers inherit it, so every implementation runs under it.
+    """
+    lib = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if lib is None or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    env = dict(os.environ, LD_PRELOAD=" ".join(filter(None, [os.environ.get("LD_PRELOAD"), lib])))
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_step", *argv], env)
+
+
+def malloc_name():
+    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config", help="a config file, e.g. configs/bench_mlm_s.py")
+    p.add_argument("--steps", type=int, default=10, help="timed steady-state steps (>= 7)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    p.add_argument("--peers", action="store_true", help="also run the installed peers, alternating")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs with --peers")
+    p.add_argument("--impl", default="mmjax", help="run one implementation here (used by --peers)")
+    p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    p.add_argument("--peak-n", type=int, help="matmul size for the peak (default 2048 on CPU, else 8192)")
+    p.add_argument("--out", help="also append the JSON line to this file")
+    p.add_argument("--malloc", choices=("tcmalloc", "system"), default="tcmalloc",
+                   help="preload tcmalloc when installed (apt-get install libtcmalloc-minimal4)")
+    args, overrides = p.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        p.error(f"unknown arguments {bad}; config overrides look like --config.train.batch_size=8")
+    args.overrides = overrides
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.malloc == "tcmalloc" and __name__ == "__main__":
+        preload_tcmalloc(sys.argv[1:] if argv is None else argv)
+    config = config_lib.load(args.config, args.overrides)
+    name = os.path.basename(args.config.partition(":")[0]).removesuffix(".py")
+    record = run_peers(args, name, config) if args.peers else run_one(args, name, config)
+    line = json.dumps(record)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

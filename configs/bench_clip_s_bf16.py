@@ -1,0 +1,15 @@
+"""CLIP-S at bfloat16 compute (float32 params and optimizer state); otherwise bench_clip_s.py.
+
+  python -m benchmarks.train_step configs/bench_clip_s_bf16.py
+
+Hardware: any; on a CPU without native bfloat16 matmuls (AVX2) it is slower than float32,
+on GPU/TPU it is the setting to use. Expected: see benchmarks/README.md.
+"""
+
+from mmjax.configs import bench_clip_s
+
+
+def get_config():
+    c = bench_clip_s.get_config()
+    c.model.dtype = "bfloat16"
+    return c

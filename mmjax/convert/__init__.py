@@ -1,0 +1,5 @@
+"""Weight conversion to and from other ecosystems: one name/shape table per model family."""
+
+# What `mmjax export` writes and `mmjax import` reads: mmjax's own params-only orbax
+# checkpoint and safetensors file, and the two reference families (convert/<family>.py).
+FORMATS = ("params", "safetensors", "open_clip", "hf_bert")

@@ -1,0 +1,240 @@
+"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT) and
+import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
+
+import json
+import os
+import pprint
+import textwrap
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmjax import config as config_lib
+from mmjax.convert import FORMATS, hf_bert, layout, open_clip
+from mmjax.nn.build import build_model, init_args
+
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
+
+  mmjax train --config {workdir}/config.py --workdir {workdir}   # fine-tune / continue
+  mmjax eval --workdir {workdir}
+"""
+
+import ml_collections
+
+
+def get_config():
+    return ml_collections.ConfigDict(
+{body})
+'''
+
+
+def config_from_dict(d):
+    """ConfigDict of a config read back from JSON (lists become the tuples configs hold)."""
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+    return ml_collections.ConfigDict(tuples(d))
+
+
+def abstract_params(config):
+    """{flat name: ShapeDtypeStruct} of the params `config`'s model has (allocates nothing)."""
+    model = build_model(config)
+    method, args = init_args(config)
+    tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))["params"]
+    return layout.flatten(nn.unbox(tree))
+
+
+def read_checkpoint(workdir, step=None):
+    """(config, step, params as numpy) of WORKDIR's checkpoint `step` (default: the newest),
+    with the config that checkpoint was written with."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} not found: --workdir must be a directory that `mmjax train` wrote")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "data", "config"))
+    try:
+        steps = sorted(manager.all_steps())
+        if step is None and steps:
+            step = steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint step {step} under {directory}; steps there: {steps}")
+        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        config = config_from_dict(saved)
+        target = {"params": layout.unflatten(abstract_params(config))}  # host numpy: no shardings
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))["state"]
+    finally:
+        manager.close()
+    return config, step, jax.tree.map(np.asarray, state["params"])
+
+
+def save_params(out, config, params):
+    """OUT/config.json + OUT/params (an orbax checkpoint of the params tree)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(os.path.abspath(out), PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
+
+
+def load_params(src):
+    """(config, params as numpy, in the dtype they were saved with) of a `params` export."""
+    with open(os.path.join(src, CONFIG_FILE)) as f:
+        config = config_from_dict(json.load(f))
+    path = os.path.join(os.path.abspath(src), PARAMS_DIR)
+    checkpointer = ocp.StandardCheckpointer()
+    saved = checkpointer.metadata(path).item_metadata.tree
+    # ShapeDtypeStructs without shardings restore as numpy arrays on the host.
+    params = checkpointer.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved))
+    return config, jax.tree.map(np.asarray, params)
+
+
+def save_safetensors(path, config, params):
+    """One safetensors file: flat names ('text/encoder/layers_0/ln1/scale') -> tensors; the
+    config rides along in the metadata (key 'mmjax_config')."""
+    from safetensors.numpy import save_file
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(layout.contiguous(layout.flatten(params)), path, metadata={"mmjax_config": config.to_json()})
+
+
+def load_safetensors(path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+    with safe_open(path, "np") as f:
+        metadata = f.metadata() or {}
+    if "mmjax_config" not in metadata:
+        raise ValueError(f"{path} has no 'mmjax_config' metadata: not an `mmjax export --format safetensors` file")
+    return config_from_dict(json.loads(metadata["mmjax_config"])), layout.unflatten(load_file(path))
+
+
+def to_reference(family, config, params):
+    """(reference config dict, {reference name: numpy array}) of mmjax `params`."""
+    fam = FAMILIES[family]
+    ref_config = fam.reference_config(config)
+    flat = {n: x for n, x in layout.canonical(layout.flatten(params)).items()
+            if not n.startswith(fam.SKIP_ON_EXPORT)}
+    return ref_config, layout.to_reference(fam.rules(config), flat)
+
+
+def fit(config, flat):
+    """(params tree in `config`'s layout and dtype, names left to initialise) of canonical `flat`."""
+    expected = abstract_params(config)
+    params = layout.model_layout(flat, config.model)
+    unknown = sorted(set(params) - set(expected))
+    if unknown:
+        raise ValueError(f"parameters the model does not have: {', '.join(unknown)}")
+    layout.check_shapes(params, {n: s.shape for n, s in expected.items()})
+    params = {n: np.asarray(x, expected[n].dtype) for n, x in params.items()}
+    return layout.unflatten(params), sorted(set(expected) - set(params))
+
+
+def from_reference(family, ref_config, tensors, base):
+    """(config, params, names left to initialise) from a reference model's config and tensors;
+    `base` gives everything but the model (training, data, layout settings)."""
+    fam = FAMILIES[family]
+    config = fam.mmjax_config(ref_config, base)
+    flat, missing = layout.from_reference(fam.rules(config), fam.prepare(tensors), fam.IGNORED)
+    required = [n for n in missing if not n.startswith(fam.OPTIONAL)]
+    if required:
+        raise ValueError(f"the {family} weights lack tensors for: {', '.join(required)}")
+    params, fresh = fit(config, flat)
+    return config, params, fresh
+
+
+def export(workdir, fmt, out, step=None, dtype=None):
+    """Writes WORKDIR's checkpoint `step` (default: newest) as `fmt` to `out`; returns a summary."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if dtype and fmt not in ("params", "safetensors"):
+        raise ValueError(f"--dtype applies to the params and safetensors formats, not {fmt!r}")
+    config, step, params = read_checkpoint(workdir, step)
+    if dtype:
+        params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
+    if fmt == "params":
+        save_params(out, config, params)
+    elif fmt == "safetensors":
+        save_safetensors(out, config, params)
+    else:
+        FAMILIES[fmt].save(out, *to_reference(fmt, config, params))
+    return {"format": fmt, "step": step, "out": out,
+            "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+
+
+def load(fmt, src, base_config=None, overrides=()):
+    """(config, params, names left to initialise) of weights in any export format.
+
+    params / safetensors carry their own config (`overrides` apply to it); open_clip / hf_bert
+    take the model from the reference and the rest from `base_config` (a config file; default
+    the smoke config of that task)."""
+    if fmt in ("params", "safetensors"):
+        config, params = load_params(src) if fmt == "params" else load_safetensors(src)
+        for override in overrides:
+            config_lib.apply_override(config, override)
+        config_lib.validate(config)
+        params, fresh = fit(config, layout.canonical(layout.flatten(params)))
+        return config, params, fresh
+    if fmt not in FAMILIES:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    fam = FAMILIES[fmt]
+    base = config_lib.load(base_config or os.path.join(os.path.dirname(config_lib.default_config_path()),
+                                                        fam.DEFAULT_BASE), overrides)
+    config, params, fresh = from_reference(fmt, *fam.load(src), base)
+    config_lib.validate(config)
+    return config, params, fresh
+
+
+def write_workdir(config, params, workdir, data_dir, note=("", "")):
+    """A new run in `workdir`: a step-0 checkpoint (the params, fresh optimizer state, the data
+    position of a new run), config.json and config.py. Params absent from `params` are
+    initialised as `mmjax train` would."""
+    from mmjax import sharding
+    from mmjax.checkpoint import Checkpointer
+    from mmjax.optim import make_optimizer
+    from mmjax.train.loop import prepare_data, train_batches
+    from mmjax.train.state import TrainState, abstract_train_state, create_train_state
+
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise FileExistsError(f"{directory} already holds checkpoints; import into a new --workdir")
+    mesh = sharding.make_mesh(config.mesh)
+    rule_table = sharding.rules(config.get("sharding"))
+    model = build_model(config)
+    tx, _ = make_optimizer(config.optim, config.train.steps)
+    abstract, shardings = abstract_train_state(config, model, tx, mesh, rule_table)
+    given = layout.flatten(params)
+    if set(layout.flatten(abstract.params)) - set(given):  # some to initialise: as train would
+        state, _ = create_train_state(config, model, tx, mesh, rule_table)
+        given = {n: given.get(n, x) for n, x in layout.flatten(state.params).items()}
+    new_params = jax.device_put(layout.unflatten(given), shardings.params)
+    rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # train/state.py's (params, train) split
+    state = jax.device_put(TrainState(np.zeros((), np.int32), new_params, tx.init(new_params), rng), shardings)
+    tokenizer = prepare_data(config, data_dir)
+    data_state = train_batches(config, data_dir, tokenizer).get_state()
+    checkpointer = Checkpointer(directory, config)
+    checkpointer.save(0, state, data_state)
+    checkpointer.wait()
+    checkpointer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json(indent=2))
+        body = textwrap.indent(pprint.pformat(config.to_dict(), width=92, sort_dicts=False), " " * 8)
+        with open(os.path.join(workdir, "config.py"), "w") as f:
+            f.write(CONFIG_PY.format(fmt=note[0], src=note[1], workdir=workdir, body=body))
+
+
+def import_weights(fmt, src, workdir, data_dir, base_config=None, overrides=()):
+    """`mmjax import`: weights in format `fmt` at `src` -> a new run in `workdir`; a summary."""
+    config, params, fresh = load(fmt, src, base_config, overrides)
+    write_workdir(config, params, workdir, data_dir, note=(fmt, src))
+    return {"format": fmt, "src": src, "workdir": workdir, "task": config.task,
+            "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+            "initialised_fresh": fresh}
