@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -127,7 +128,7 @@ class Checkpointer:
 
     def __init__(self, directory, config, *, keep=3, keep_period=0, async_save=True,
                  read_only=False):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(os.path.abspath(directory))  # orbax needs it absolute
         self.config_json = json.loads(config.to_json())
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(

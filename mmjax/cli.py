@@ -68,8 +68,8 @@ def _export_or_import(args, overrides):
         else:
             result = export.import_weights(args.format, args.src, args.workdir,
                                            os.path.expanduser(args.data_dir), args.config, overrides)
-    except (config_lib.ConfigError, DataDirError, MeshError, ValueError, ImportError,
-            FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (config_lib.ConfigError, DataDirError, MeshError, CheckpointError, ValueError,
+            ImportError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))
@@ -113,10 +113,6 @@ def main(argv=None):
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         from mmjax.train.loop import evaluate_checkpoint, train
         if args.command == "train":
-            if jax.process_index() == 0:
-                os.makedirs(workdir, exist_ok=True)
-                with open(os.path.join(workdir, "config.json"), "w") as f:
-                    f.write(config.to_json(indent=2))
             results = train(config, workdir, data_dir, weights_only=args.load_weights_only)
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)

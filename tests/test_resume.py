@@ -175,6 +175,8 @@ def test_other_model_config_is_an_error_unless_weights_only(tmp_path, env, refer
     rc, output = _run(workdir, env, "--config.model.text.width=48")
     assert rc == 2 and output.strip().splitlines()[-1].startswith("mmjax: error:"), output
     assert "model.text.width: 32 (checkpoint) vs 48 (config)" in output
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["text"]["width"] == 32  # the refused run left the run's config alone
     # Same parameter shapes, another model: start it from the checkpoint's parameters.
     rc, output = _run(workdir, env, "--config.model.text.causal=False", "--load_weights_only")
     assert rc == 0, output

@@ -18,10 +18,10 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
 
 
-def _mmjax(*args, devices=1, env_extra=None):
+def _mmjax(*args, devices=1, env_extra=None, cwd=ROOT):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", **(env_extra or {}))
-    out = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -60,7 +60,9 @@ def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_pa
 def test_second_run_does_not_rebuild_the_data(tmp_path, data_dir):
     _mmjax("train", "--workdir", str(tmp_path / "a"), "--data_dir", data_dir, *TINY, "--config.train.steps=1")
     stamp = {p: os.path.getmtime(os.path.join(r, p)) for r, _, files in os.walk(data_dir) for p in files}
-    _mmjax("train", "--workdir", str(tmp_path / "b"), "--data_dir", data_dir, *TINY, "--config.train.steps=1")
+    # a relative --workdir works too (orbax itself wants absolute paths)
+    _mmjax("train", "--workdir", "b", "--data_dir", data_dir, *TINY, "--config.train.steps=1", cwd=tmp_path)
+    assert os.path.isdir(tmp_path / "b" / "checkpoints" / "1")
     assert stamp == {p: os.path.getmtime(os.path.join(r, p)) for r, _, files in os.walk(data_dir) for p in files}
 
 

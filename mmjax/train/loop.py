@@ -4,7 +4,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import sharding
@@ -91,6 +90,10 @@ def train(config, workdir, data_dir, weights_only=False):
             os.replace(metrics_file, f"{metrics_file}.earlier-{time.strftime('%Y%m%d-%H%M%S')}")
     if restored and restored.changes:
         origin += "; changed since the checkpoint: " + "; ".join(restored.changes)
+    if jax.process_index() == 0:  # only now: a refused restore leaves the run's config as it was
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     writer = MetricWriter(workdir, config.train.steps, start, enabled=jax.process_index() == 0)
     writer.print(f"mesh {dict(mesh.shape)} on {jax.device_count()} devices, "
                  f"{jax.process_count()} process(es); {origin}")
