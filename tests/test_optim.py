@@ -45,4 +45,4 @@ def test_adamw_decays_kernels_not_biases_and_clips():
     np.testing.assert_allclose(updates["bias"], 0.0)
     big = {"kernel": 100 * jnp.ones((2, 2)), "bias": 100 * jnp.ones((2,))}
     clipped, _ = optax.clip_by_global_norm(1.0).update(big, None)
-    assert abs(float(optax.global_norm(clipped)) - 1.0) < 1e-5
+    assert abs(float(optax.tree.norm(clipped)) - 1.0) < 1e-5
