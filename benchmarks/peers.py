@@ -14,8 +14,8 @@ import numpy as np
 
 from mmjax.convert.torch_io import import_torch  # torch, with torchvision's ops stubbed on CPU
 
-from benchmarks.train_step import (BERT_IDS, malloc_name, stand_in_tokenizer,
-                                   synthetic_batches, timing_record)
+from benchmarks.workload import (BERT_IDS, malloc_name, stand_in_tokenizer, synthetic_batches,
+                                 timing_record)
 
 PEERS = {"mlm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
          "clip": ("hf_flax", "open_clip", "open_clip_compiled")}
@@ -50,7 +50,7 @@ def masked_batches(config):
     from mmjax.masking import bert_mask
     tok, out = stand_in_tokenizer(config), []
     for i, batch in enumerate(synthetic_batches(config)):
-        m = jax.device_get(bert_mask(jax.random.PRNGKey(i), batch["tokens"], vocab_size=tok.vocab_size,
+        m = jax.device_get(bert_mask(jax.random.PRNGKey(i), batch["text"], vocab_size=tok.vocab_size,
                                      mask_id=tok.mask_id, special_ids=tok.special_ids,
                                      max_predictions=config.model.mlm.max_predictions,
                                      mask_rate=config.model.mlm.mask_rate))

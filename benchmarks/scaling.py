@@ -95,6 +95,7 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--replot", action="store_true", help="redraw the table and plot from the .jsonl")
     args = p.parse_args(argv)
+    from benchmarks import workload
     from mmjax import config as config_lib
     config = config_lib.load(args.config)
     name = os.path.basename(args.config).removesuffix(".py")
@@ -108,7 +109,7 @@ def main(argv=None):
                         ["none", *filter(None, args.remat.split(","))], args.steps,
                         config.train.batch_size, config.model.text.context_length)
     os.makedirs(args.out, exist_ok=True)
-    unit = "tokens/s" if config.task == "mlm" else "pairs/s"
+    unit = workload.unit(config)
     device = next((r["device"] for r in records if "device" in r), "?")
     with open(base + ".jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)

@@ -23,62 +23,17 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.flops import train_flops
+from benchmarks import peers
+from benchmarks.workload import (examples_per_step, malloc_name, stand_in_tokenizer,
+                                 synthetic_batches, timing_record, train_flops, unit)
 from mmjax import config as config_lib
 from mmjax import sharding
-from mmjax.nn.build import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train.state import create_train_state
-from mmjax.train.step import make_train_step
-
-UNITS = {"mlm": "tokens/s", "clip": "pairs/s"}
-BERT_IDS = dict(pad=0, cls=101, sep=102, mask=103)  # bert-base-uncased's special ids
-
-
-def examples_per_step(config):
-    """Throughput unit count of one step: tokens for MLM, image-text pairs for CLIP."""
-    b = config.train.batch_size
-    return b * config.model.text.context_length if config.task == "mlm" else b
-
-
-def stand_in_tokenizer(config):
-    """What the MLM step needs from a tokenizer, with BERT's special ids."""
-    return types.SimpleNamespace(vocab_size=config.model.text.vocab_size, mask_id=BERT_IDS["mask"],
-                                 special_ids=(BERT_IDS["pad"], BERT_IDS["cls"], BERT_IDS["sep"],
-                                              BERT_IDS["mask"]))
-
-
-def synthetic_batches(config, count=4, seed=0):
-    """`count` host batches of random data with the config's shapes.
-
-    MLM: full-length [CLS] ids [SEP] rows. CLIP: normal images and [SOT] ids [EOT] captions of
-    random length, zero-padded (EOT is the largest id, so EOT pooling finds it).
-    """
-    rng = np.random.default_rng(seed)
-    b, t = config.train.batch_size, config.model.text
-    batches = []
-    for _ in range(count):
-        if config.task == "mlm":
-            tokens = rng.integers(1000, t.vocab_size, (b, t.context_length), dtype=np.int32)
-            tokens[:, 0], tokens[:, -1] = BERT_IDS["cls"], BERT_IDS["sep"]
-            batches.append({"tokens": tokens})
-            continue
-        size, channels = config.data.image_size, config.data.image_channels
-        text = rng.integers(1, t.vocab_size - 2, (b, t.context_length), dtype=np.int32)
-        lengths = rng.integers(4, t.context_length + 1, b)
-        text[:, 0] = t.vocab_size - 2
-        text[np.arange(b), lengths - 1] = t.vocab_size - 1
-        text[np.arange(t.context_length)[None] >= lengths[:, None]] = 0
-        images = rng.standard_normal((b, size, size, channels), dtype=np.float32)
-        batches.append({"image": images, "text": text})
-    return batches
-
+from mmjax.train.setup import setup
 
 def matmul_peak(dtype, n=None, repeats=5):
     """Best FLOP/s of a jitted n×n @ n×n matmul in `dtype` (n = 2048 on CPU, 8192 elsewhere)."""
@@ -119,24 +74,9 @@ def peak_device_mb():
     return None if peak is None else peak / 2 ** 20
 
 
-def timing_record(config, name, impl, times, compile_s):
-    """The keys every implementation reports, from its step times."""
-    median = statistics.median(times)
-    return {"config": name, "impl": impl, "unit": UNITS[config.task],
-            "throughput": examples_per_step(config) / median, "step_time_s": median,
-            "step_time_min_s": min(times), "step_time_max_s": max(times), "steps": len(times),
-            "compile_s": compile_s, "flops_per_step": train_flops(config),
-            "batch_size": config.train.batch_size, "dtype": config.model.dtype}
-
-
 def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
-    mesh = sharding.make_mesh(config.mesh)
-    rule_table = sharding.rules(config.get("sharding"))
-    model = build_model(config)
-    tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
-    state, shardings = create_train_state(config, model, tx, mesh, rule_table)
-    step = make_train_step(config, model, tx, lr_schedule, mesh, rule_table,
-                           stand_in_tokenizer(config), shardings)
+    run = setup(config, tokenizer=stand_in_tokenizer(config))
+    mesh, state, step = run.mesh, run.init_state(), run.train_step()
     host_batches = synthetic_batches(config)
     put = lambda b: sharding.global_batch(b, mesh)  # noqa: E731
     start = time.perf_counter()
@@ -163,14 +103,12 @@ def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
 def run_one(args, name, config):
     if args.impl == "mmjax":
         return run_mmjax(config, name, args.steps, args.warmup, not args.no_peak, args.peak_n)
-    from benchmarks import peers
     return peers.run(args.impl, config, name, args.steps, args.warmup)
 
 
 def run_peers(args, name, config):
     """mmjax and every peer of the task, each in a fresh process, alternating for args.rounds."""
-    from benchmarks.peers import PEERS
-    impls = ["mmjax", *PEERS[config.task]]
+    impls = ["mmjax", *peers.PEERS.get(config.task, ())]
     runs = {impl: [] for impl in impls}
     unavailable = {}
     for r in range(args.rounds):
@@ -210,7 +148,7 @@ def summarize(config, name, runs, unavailable):
             "peak_flops", "peak_flops_float32", "peak_flops_bfloat16") if k in first})
         if "version" in first:
             summary[impl]["version"] = first["version"]
-    out = {"config": name, "unit": UNITS[config.task], "flops_per_step": train_flops(config),
+    out = {"config": name, "unit": unit(config), "flops_per_step": train_flops(config),
            "results": summary, "unavailable": unavailable, "load_avg": os.getloadavg()[0],
            "malloc": malloc_name()}
     if "mmjax" in summary and "peak_flops" in summary["mmjax"]:
@@ -243,10 +181,6 @@ def preload_tcmalloc(argv):
         return
     env = dict(os.environ, LD_PRELOAD=" ".join(filter(None, [os.environ.get("LD_PRELOAD"), lib])))
     os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_step", *argv], env)
-
-
-def malloc_name():
-    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
 
 
 def parse_args(argv=None):

@@ -13,7 +13,8 @@ from mmjax.config import defaults
 def get_config():
     c = defaults()
     c.task = "clip+mlm"
-    c.data.update(datasets=("digit_captions", "prose"), tokenizer="wordpiece")
+    # Trained on the digits; the WordPiece vocabulary is learnt from English prose.
+    c.data.update(datasets=("digit_captions",), tokenizer="wordpiece", tokenizer_data=("prose",))
     c.model.update(embed_dim=64, scan=False)  # 2-3 layers: unrolled runs faster on CPU
     c.model.image.update(patch_size=7, width=96, depth=3, num_heads=4, mlp_dim=384)
     c.model.text.update(vocab_size=8192, context_length=16, width=96, depth=2, num_heads=4,
@@ -21,4 +22,7 @@ def get_config():
     c.model.mlm.update(max_predictions=3, weight=0.5)
     c.train.update(steps=500, batch_size=128, log_every=25, eval_every=250, checkpoint_every=250)
     c.optim.update(lr=2e-3, warmup_steps=50, weight_decay=0.01)
+    c.evals.zeroshot = dict(type="zeroshot", dataset="digit_captions")
+    c.evals.retrieval = dict(type="retrieval", dataset="digit_captions")
+    c.evals.mlm = dict(type="mlm", dataset="digit_captions")   # masked caption tokens
     return c

@@ -22,4 +22,5 @@ def get_config():
     c.model.mlm.update(max_predictions=10)
     c.train.update(steps=2000, batch_size=64, log_every=50, eval_every=500, checkpoint_every=500)
     c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.01, b2=0.999)
+    c.evals.mlm = dict(type="mlm", dataset="prose", split="test")
     return c

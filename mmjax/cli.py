@@ -5,8 +5,6 @@ import json
 import os
 import sys
 
-import ml_collections
-
 from mmjax import config as config_lib
 from mmjax.checkpoint import CheckpointError
 from mmjax.convert import FORMATS
@@ -76,15 +74,6 @@ def _export_or_import(args, overrides):
     return 0
 
 
-def _config_from_json(path):
-    def tuples(x):
-        if isinstance(x, dict):
-            return {k: tuples(v) for k, v in x.items()}
-        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-    with open(path) as f:
-        return ml_collections.ConfigDict(tuples(json.load(f)))
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     overrides = [a for a in argv if a.startswith("--config.")]
@@ -105,19 +94,22 @@ def main(argv=None):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} not found: --workdir must be a directory that "
                                         f"`mmjax train` wrote")
-            config = _config_from_json(path)
+            config = config_lib.from_json(path)
 
         # Imported here so `mmjax --help` and config errors answer fast.
         import jax
         from mmjax.sharding import initialize_distributed
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        from mmjax.train.loop import evaluate_checkpoint, train
+        from mmjax.train.loop import TrainingDiverged, evaluate_checkpoint, train
         if args.command == "train":
             results = train(config, workdir, data_dir, weights_only=args.load_weights_only)
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
     except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
             PermissionError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

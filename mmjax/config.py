@@ -3,6 +3,7 @@
 import ast
 import importlib.resources
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -11,12 +12,12 @@ DEFAULT_CONFIG = "smoke_clip.py"
 
 # Keys with a closed set of values; anything else is rejected with the list.
 CHOICES = {
-    "task": ("clip", "mlm", "clip+mlm"),
     "model.contrastive_loss": ("infonce", "sigmoid"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "einsum", "xla", "cudnn"),
+    "optim.name": ("adamw", "sgd"),
     "optim.decay": ("cosine", "linear", "constant"),
     "data.tokenizer": ("clip_bpe", "wordpiece"),
 }
@@ -123,13 +124,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("train.steps", "train.batch_size", "train.log_every"):
         if _get(config, key) <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {_get(config, key)}")
+    # Plug-ins by name: the registries list the valid ones (imported lazily: they pull in jax).
+    from mmjax.data.sources import DATASETS
+    from mmjax.eval import EVALUATORS
+    from mmjax.registry import UnknownNameError
+    from mmjax.tasks import TASKS
+    lookups = [("task", TASKS, config.task)]
+    lookups += [("data.datasets", DATASETS, name) for name in _get(config, "data.datasets") or ()]
+    for name, entry in (_get(config, "evals") or {}).items():
+        if "type" not in entry:
+            raise ConfigError(f"config key 'evals.{name}' has no type; valid: "
+                              f"{', '.join(EVALUATORS.names())}")
+        lookups.append((f"evals.{name}.type", EVALUATORS, entry["type"]))
+        if "dataset" in entry:
+            lookups.append((f"evals.{name}.dataset", DATASETS, entry["dataset"]))
+    for key, registry, name in lookups:
+        try:
+            registry.get(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+    """ConfigDict of a config read back from JSON (lists become the tuples configs hold)."""
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+    return ml_collections.ConfigDict(tuples(d))
+
+
+def from_json(path: str) -> ml_collections.ConfigDict:
+    """The config a run saved as config.json."""
+    with open(path) as f:
+        return from_dict(json.load(f))
 
 
 def defaults() -> ml_collections.ConfigDict:
     """Every key a training config has, with neutral defaults; config files change what differs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "clip"                      # 'clip' | 'mlm' | 'clip+mlm'
+    c.task = "clip"    # a name in mmjax.tasks.TASKS ('clip', 'mlm', 'clip+mlm') or 'module:Class'
 
     c.model = dict(
         dtype="float32", param_dtype="float32",   # compute dtype / storage dtype
@@ -144,15 +179,24 @@ def defaults() -> ml_collections.ConfigDict:
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
     )
-    c.data = dict(datasets=("digit_captions",), tokenizer="clip_bpe",
+    # datasets: what is trained on (names in mmjax.data.sources.DATASETS). tokenizer_data:
+    # the datasets whose train text trains the WordPiece vocabulary (default: datasets).
+    c.data = dict(datasets=("digit_captions",), tokenizer="clip_bpe", tokenizer_data=(),
                   image_size=28, image_channels=1)
     c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all
                    # batch_size examples as negatives (gradient caching, see train/step.py).
                    grad_accum_steps=1)
+    # skip_nonfinite: an update with NaN/inf gradients is skipped and counted; more than
+    # max_skipped_steps in a row stop the run (its checkpoints hold finite parameters).
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,
-                   weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0)
+                   weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0,
+                   skip_nonfinite=True, max_skipped_steps=10)
+    # Evaluators: {name: dict(type=..., dataset=..., split=..., every=..., batch_size=...)}
+    # (types in mmjax.eval.EVALUATORS); empty: the task's defaults. `eval` holds the
+    # defaults of every entry (every: train.eval_every).
+    c.evals = {}
     c.eval = dict(split="test", batch_size=500, seed=0)
     c.checkpoint = dict(keep=3, keep_period=0)
     # Mesh sizes: one may be -1 (fill with the remaining devices). dcn_*: across TPU slices.

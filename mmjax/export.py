@@ -8,13 +8,12 @@ import textwrap
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from mmjax import config as config_lib
+from mmjax import tasks
 from mmjax.convert import FORMATS, hf_bert, layout, open_clip
-from mmjax.nn.build import build_model, init_args
 
 FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
 CONFIG_FILE = "config.json"
@@ -25,7 +24,6 @@ CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
   mmjax eval --workdir {workdir}
 """
 
-import ml_collections
 
 
 def get_config():
@@ -34,19 +32,11 @@ def get_config():
 '''
 
 
-def config_from_dict(d):
-    """ConfigDict of a config read back from JSON (lists become the tuples configs hold)."""
-    def tuples(x):
-        if isinstance(x, dict):
-            return {k: tuples(v) for k, v in x.items()}
-        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-    return ml_collections.ConfigDict(tuples(d))
-
-
 def abstract_params(config):
     """{flat name: ShapeDtypeStruct} of the params `config`'s model has (allocates nothing)."""
-    model = build_model(config)
-    method, args = init_args(config)
+    task = tasks.get(config, tokenizer=None)
+    model = task.build_model()
+    method, args = task.init_args()
     tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))["params"]
     return layout.flatten(nn.unbox(tree))
 
@@ -66,7 +56,7 @@ def read_checkpoint(workdir, step=None):
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint step {step} under {directory}; steps there: {steps}")
         saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        config = config_from_dict(saved)
+        config = config_lib.from_dict(saved)
         target = {"params": layout.unflatten(abstract_params(config))}  # host numpy: no shardings
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -89,7 +79,7 @@ def save_params(out, config, params):
 def load_params(src):
     """(config, params as numpy, in the dtype they were saved with) of a `params` export."""
     with open(os.path.join(src, CONFIG_FILE)) as f:
-        config = config_from_dict(json.load(f))
+        config = config_lib.from_dict(json.load(f))
     path = os.path.join(os.path.abspath(src), PARAMS_DIR)
     checkpointer = ocp.StandardCheckpointer()
     saved = checkpointer.metadata(path).item_metadata.tree
@@ -113,7 +103,7 @@ def load_safetensors(path):
         metadata = f.metadata() or {}
     if "mmjax_config" not in metadata:
         raise ValueError(f"{path} has no 'mmjax_config' metadata: not an `mmjax export --format safetensors` file")
-    return config_from_dict(json.loads(metadata["mmjax_config"])), layout.unflatten(load_file(path))
+    return config_lib.from_dict(json.loads(metadata["mmjax_config"])), layout.unflatten(load_file(path))
 
 
 def to_reference(family, config, params):
@@ -196,29 +186,26 @@ def write_workdir(config, params, workdir, data_dir, note=("", "")):
     """A new run in `workdir`: a step-0 checkpoint (the params, fresh optimizer state, the data
     position of a new run), config.json and config.py. Params absent from `params` are
     initialised as `mmjax train` would."""
-    from mmjax import sharding
     from mmjax.checkpoint import Checkpointer
-    from mmjax.optim import make_optimizer
-    from mmjax.train.loop import prepare_data, train_batches
-    from mmjax.train.state import TrainState, abstract_train_state, create_train_state
+    from mmjax.data import pipeline
+    from mmjax.train.setup import setup
+    from mmjax.train.state import TrainState
 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if os.path.isdir(directory) and os.listdir(directory):
         raise FileExistsError(f"{directory} already holds checkpoints; import into a new --workdir")
-    mesh = sharding.make_mesh(config.mesh)
-    rule_table = sharding.rules(config.get("sharding"))
-    model = build_model(config)
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    abstract, shardings = abstract_train_state(config, model, tx, mesh, rule_table)
+    run = setup(config, data_dir=data_dir, check_batch=False)
+    shardings = run.state_shardings
     given = layout.flatten(params)
-    if set(layout.flatten(abstract.params)) - set(given):  # some to initialise: as train would
-        state, _ = create_train_state(config, model, tx, mesh, rule_table)
+    if set(layout.flatten(run.abstract_state.params)) - set(given):  # some to initialise: as train would
+        state = run.init_state()
         given = {n: given.get(n, x) for n, x in layout.flatten(state.params).items()}
     new_params = jax.device_put(layout.unflatten(given), shardings.params)
     rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # train/state.py's (params, train) split
-    state = jax.device_put(TrainState(np.zeros((), np.int32), new_params, tx.init(new_params), rng), shardings)
-    tokenizer = prepare_data(config, data_dir)
-    data_state = train_batches(config, data_dir, tokenizer).get_state()
+    state = jax.device_put(TrainState(np.zeros((), np.int32), new_params, run.tx.init(new_params), rng),
+                           shardings)
+    data_state = pipeline.train_batches(run, data_dir, jax.process_index(),
+                                        jax.process_count()).get_state()
     checkpointer = Checkpointer(directory, config)
     checkpointer.save(0, state, data_state)
     checkpointer.wait()

@@ -37,14 +37,27 @@ def schedule(optim_config, total_steps):
     return optax.join_schedules([optax.linear_schedule(0.0, c.lr, warmup), after], [warmup])
 
 
+OPTIMIZERS = {
+    "adamw": lambda c, lr: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps,
+                                       weight_decay=c.weight_decay, mask=decay_mask),
+    "sgd": lambda c, lr: optax.sgd(lr),
+}
+# Never let optax apply a non-finite update itself: the loop stops the run instead.
+NEVER = 2 ** 31 - 1
+
+
 def make_optimizer(optim_config, total_steps):
-    """Returns (optax transform, learning-rate schedule)."""
+    """Returns (optax transform, learning-rate schedule).
+
+    With `skip_nonfinite`, an update whose gradients hold a NaN or inf is skipped (the
+    params and moments stay as they were) and counted; the train loop stops the run when
+    more than `max_skipped_steps` in a row are skipped."""
     c = optim_config
+    if c.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name {c.name!r} unknown; valid: {', '.join(OPTIMIZERS)}")
     lr = schedule(c, total_steps)
-    if c.name == "sgd":
-        core = optax.sgd(lr)
-    else:
-        core = optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                           mask=decay_mask)
     chain = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm else []
-    return optax.chain(*chain, core), lr
+    tx = optax.chain(*chain, OPTIMIZERS[c.name](c, lr))
+    if c.get("skip_nonfinite", True):
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=NEVER)
+    return tx, lr

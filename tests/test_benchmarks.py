@@ -14,13 +14,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import flops, train_step  # noqa: E402
+from benchmarks import train_step, workload  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding  # noqa: E402
-from mmjax.nn.build import build_model  # noqa: E402
-from mmjax.optim import make_optimizer  # noqa: E402
-from mmjax.train.state import create_train_state  # noqa: E402
-from mmjax.train.step import make_train_step  # noqa: E402
+from mmjax.train.setup import setup  # noqa: E402
 
 TINY = {
     "bench_mlm_s": ["--config.model.text.vocab_size=1200", "--config.model.text.context_length=16",
@@ -61,32 +58,28 @@ def dot_flops(jaxpr):
 
 
 def step_jaxpr(config):
-    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    rules = sharding.rules(config.get("sharding"))
-    model = build_model(config)
-    tx, lr = make_optimizer(config.optim, config.train.steps)
-    state, shardings = create_train_state(config, model, tx, mesh, rules)
-    step = make_train_step(config, model, tx, lr, mesh, rules, train_step.stand_in_tokenizer(config),
-                           shardings)
-    batch = sharding.global_batch(train_step.synthetic_batches(config, 1)[0], mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jax.make_jaxpr(step.jitted)(state, batch).jaxpr
+    run = setup(config, tokenizer=workload.stand_in_tokenizer(config), devices=jax.devices()[:1])
+    step = run.train_step()
+    batch = sharding.global_batch(workload.synthetic_batches(config, 1)[0], run.mesh)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        return jax.make_jaxpr(step.jitted)(run.abstract_state, batch).jaxpr
 
 
-@pytest.mark.parametrize("name", ["bench_mlm_s", "bench_clip_s"])
+@pytest.mark.parametrize("name,task", [("bench_mlm_s", "mlm"), ("bench_clip_s", "clip"),
+                                       ("bench_clip_s", "clip+mlm")])
 @pytest.mark.parametrize("scan", [True, False])
-def test_flops_formula_matches_the_matmuls_of_the_step(name, scan):
-    config = load(name, [f"--config.model.scan={scan}"])
+def test_flops_formula_matches_the_matmuls_of_the_step(name, task, scan):
+    config = load(name, [f"--config.model.scan={scan}", f"--config.task={task}"])
     counted = dot_flops(step_jaxpr(config))
     # The formula leaves out matrix-vector products (the MLM decoder-bias gradient): < 1%.
-    assert counted == pytest.approx(flops.train_flops(config), rel=0.01)
+    assert counted == pytest.approx(workload.train_flops(config), rel=0.01)
 
 
 def test_mlm_formula_by_hand_for_one_layer():
     config = load("bench_mlm_s", ["--config.model.text.depth=1"])
     b, n, e, f, v, m = 8, 16, 32, 64, 1200, 3
     forward = 2 * b * n * (4 * e * e + 2 * e * f) + 4 * b * n * n * e + 2 * b * m * (e * e + e * v)
-    assert flops.train_flops(config) == 3 * forward
+    assert workload.train_flops(config) == 3 * forward
 
 
 @pytest.mark.parametrize("name", ["bench_mlm_s", "bench_clip_s"])
@@ -100,7 +93,7 @@ def test_harness_prints_one_json_line_with_the_keys(name):
     record = json.loads(lines[0])
     assert set(KEYS) <= set(record)
     assert record["config"] == name and record["throughput"] > 0 and 0 < record["mfu"]
-    assert record["flops_per_step"] == flops.train_flops(load(name))
+    assert record["flops_per_step"] == workload.train_flops(load(name))
 
 
 def test_peer_summary_reports_ratios_and_missing_peers():
@@ -111,6 +104,6 @@ def test_peer_summary_reports_ratios_and_missing_peers():
             "hf_flax": []}
     out = train_step.summarize(config, "bench_mlm_s", runs, {"hf_flax": "ImportError: no flax"})
     assert out["ratios"] == {"hf_torch": 4.0} and out["results"]["mmjax"]["mfu"] == pytest.approx(
-        flops.train_flops(config) / 1e9)
+        workload.train_flops(config) / 1e9)
     assert out["round_ratios"] == {"hf_torch": 4.0}
     assert out["fastest_peer"] == "hf_torch" and out["unavailable"] == {"hf_flax": "ImportError: no flax"}

@@ -15,10 +15,8 @@ from mmjax.checkpoint import (Checkpointer, CheckpointError, CheckpointMismatchE
                               PreemptionNotice, data_state_for)
 from mmjax.data import builders, pipeline
 from mmjax.data.tokenizers import ClipTokenizer
-from mmjax.nn.build import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train.state import abstract_train_state
-from tiny_configs import tiny_config
+from mmjax.train.setup import setup
+from tiny_configs import TOKENIZER, tiny_config
 
 DATA = b'{"fake": "grain state"}'
 
@@ -35,8 +33,7 @@ def _mesh(data=1, fsdp=1, tensor=1, devices=8):
 
 
 def _abstract(config, mesh):
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    return abstract_train_state(config, build_model(config), tx, mesh, sharding.rules())[0]
+    return setup(config, tokenizer=TOKENIZER, mesh=mesh, check_batch=False).abstract_state
 
 
 def _state(config, mesh, seed=0):
@@ -239,9 +236,11 @@ def data_dir(tmp_path_factory):
 
 
 def _digits(data_dir, batch_size, index, count, state=None):
-    it = pipeline.clip_batches(data_dir=data_dir, split="train", batch_size=batch_size,
-                               tokenizer=ClipTokenizer(), context_length=8, seed=3,
-                               process_index=index, process_count=count)
+    spec = {"image": jax.ShapeDtypeStruct((28, 28, 1), np.float32),
+            "text": jax.ShapeDtypeStruct((8,), np.int32)}
+    it = pipeline.batches("digit_captions", data_dir=data_dir, split="train", batch_size=batch_size,
+                          tokenizer=ClipTokenizer(), spec=spec, seed=3, process_index=index,
+                          process_count=count)
     if state is not None:
         it.set_state(state)
     return it

@@ -24,9 +24,9 @@ from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import export  # noqa: E402
 from mmjax.convert import hf_bert, open_clip as open_clip_convert  # noqa: E402
-from mmjax.data import pipeline  # noqa: E402
 from mmjax.data.tokenizers import ClipTokenizer  # noqa: E402
-from mmjax.nn.build import build_model  # noqa: E402
+from mmjax import tasks  # noqa: E402
+from splits import digit_arrays  # noqa: E402
 
 TOL = 1e-4
 SMALL_CLIP = {"embed_dim": 32, "quick_gelu": True, "init_logit_bias": -2.5,
@@ -77,7 +77,7 @@ def _open_clip_outputs(model, images, tokens):
 
 
 def _mmjax_outputs(config, params, images, tokens):
-    zimg, ztxt, scale, bias = jax.jit(build_model(config).apply)({"params": params}, images, tokens)
+    zimg, ztxt, scale, bias = jax.jit(tasks.get(config, None).build_model().apply)({"params": params}, images, tokens)
     return np.asarray(zimg), np.asarray(ztxt), np.asarray(scale * zimg @ ztxt.T + bias)
 
 
@@ -125,7 +125,7 @@ def test_hf_bert_import_matches_transformers_mlm_logits():
     tokens[0, 15:], tokens[2, 7:] = 0, 0  # padding, masked out of attention on both sides
     types = rng.integers(0, 2, (3, 24))
     positions = np.broadcast_to(np.arange(24), (3, 24))
-    ours = build_model(config).apply({"params": params}, tokens, positions, types)
+    ours = tasks.get(config, None).build_model().apply({"params": params}, tokens, positions, types)
     with torch.no_grad():
         theirs = reference(input_ids=torch.from_numpy(tokens), token_type_ids=torch.from_numpy(types),
                            attention_mask=torch.from_numpy(tokens != 0).long()).logits.numpy()
@@ -145,7 +145,7 @@ def test_minilm_import_matches_sentence_transformers():
     assert config.model.text.width == 384 and config.model.text.depth == 6
     assert fresh == ["head/ln/bias", "head/ln/scale", "head/output_bias", "head/transform/bias",
                      "head/transform/kernel"]  # a BertModel checkpoint: no MLM head
-    sequence = build_model(config).apply({"params": params}, features["input_ids"],
+    sequence = tasks.get(config, None).build_model().apply({"params": params}, features["input_ids"],
                                          features["token_type_ids"], method="encode")
     mask = features["attention_mask"][..., None]
     pooled = (np.asarray(sequence) * mask).sum(1) / mask.sum(1)
@@ -174,7 +174,7 @@ def test_trained_smoke_clip_export_loads_in_open_clip_and_matches(trained_clip, 
     reference = open_clip.model.CLIP(**model_cfg).eval()
     reference.load_state_dict(torch.load(os.path.join(out, open_clip_convert.WEIGHTS_FILE), weights_only=True),
                               strict=True)
-    digits = pipeline.digit_eval_arrays(data_dir, "test")
+    digits = digit_arrays(data_dir, "test")
     images = digits["image"][:6]
     tokens = ClipTokenizer().encode(digits["caption"][:6], config.model.text.context_length)
     ours = _mmjax_outputs(config, params, images, tokens)

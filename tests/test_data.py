@@ -7,10 +7,17 @@ import time
 import numpy as np
 import pytest
 
+import jax
+
 from mmjax.data import builders, pipeline
+from mmjax.data.sources import CAPTION_TEMPLATES, DIGIT_NAMES
 from mmjax.data.tokenizers import ClipTokenizer, WordPieceTokenizer
+from splits import digit_arrays, prose_texts
 
 CONTEXT = 16
+DIGIT_SPEC = {'image': jax.ShapeDtypeStruct((28, 28, 1), np.float32),
+              'text': jax.ShapeDtypeStruct((CONTEXT,), np.int32),
+              'label': jax.ShapeDtypeStruct((), np.int32)}
 
 
 @pytest.fixture(scope='module')
@@ -28,13 +35,13 @@ def clip():
 
 @pytest.fixture(scope='module')
 def wordpiece(data_dir):
-    return WordPieceTokenizer.train(pipeline.prose_eval_texts(data_dir, 'test'), vocab_size=1000)
+    return WordPieceTokenizer.train(prose_texts(data_dir, 'test'), vocab_size=1000)
 
 
 def _digits(data_dir, clip, **kwargs):
-    args = dict(data_dir=data_dir, split='test', batch_size=40, tokenizer=clip,
-                context_length=CONTEXT, seed=7)
-    return pipeline.clip_batches(**{**args, **kwargs})
+    args = dict(data_dir=data_dir, split='test', batch_size=40, tokenizer=clip, spec=DIGIT_SPEC,
+                seed=7)
+    return pipeline.batches('digit_captions', **{**args, **kwargs})
 
 
 def _take(iterator, n):
@@ -81,21 +88,21 @@ def test_unknown_dataset_and_default_dir():
 
 
 def test_held_out_digits(data_dir):
-    test = pipeline.digit_eval_arrays(data_dir)
-    train = pipeline.digit_eval_arrays(data_dir, split='train')
+    test = digit_arrays(data_dir)
+    train = digit_arrays(data_dir, split='train')
     assert test['image'].shape == (1000, 28, 28, 1) and test['image'].dtype == np.float32
     assert test['label'].dtype == np.int32 and len(train['label']) == 4000
     assert np.bincount(test['label']).tolist() == [100] * 10
     assert -1.0 <= test['image'].min() < 0 < test['image'].max() <= 1.0
     assert not set(_image_keys(test['image'])) & set(_image_keys(train['image']))
-    assert test['caption'][0] == pipeline.CAPTION_TEMPLATES[0].format(
-        pipeline.DIGIT_NAMES[test['label'][0]])
-    assert all(pipeline.DIGIT_NAMES[l] in c for l, c in zip(test['label'], test['caption']))
+    assert test['caption'][0] == CAPTION_TEMPLATES[0].format(
+        DIGIT_NAMES[test['label'][0]])
+    assert all(DIGIT_NAMES[l] in c for l, c in zip(test['label'], test['caption']))
 
 
 def test_prose_splits(data_dir):
-    test = pipeline.prose_eval_texts(data_dir)
-    train = pipeline.prose_eval_texts(data_dir, 'train')
+    test = prose_texts(data_dir)
+    train = prose_texts(data_dir, 'train')
     assert len(train) > 15_000 and len(test) == (len(train) + len(test)) // 20
     assert all(builders.PROSE_MIN_WORDS <= len(t.split()) <= builders.PROSE_CHUNK_WORDS
                for t in test)
@@ -112,7 +119,7 @@ def test_clip_batches_shapes_and_captions(data_dir, clip):
     assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
     templates_seen = set()
     for text, label in zip(batch['text'], batch['label']):
-        candidates = [t.format(pipeline.DIGIT_NAMES[label]) for t in pipeline.CAPTION_TEMPLATES]
+        candidates = [t.format(DIGIT_NAMES[label]) for t in CAPTION_TEMPLATES]
         caption = clip.decode(text)
         assert caption in candidates
         templates_seen.add(candidates.index(caption))
@@ -145,7 +152,7 @@ def test_process_shards_are_disjoint_and_cover_an_epoch(data_dir, clip):
         shards.append([k for b in batches for k in _image_keys(b['image'])])
     assert len(shards[0]) == len(shards[1]) == 500
     assert not set(shards[0]) & set(shards[1])
-    everything = _image_keys(pipeline.digit_eval_arrays(data_dir)['image'])
+    everything = _image_keys(digit_arrays(data_dir)['image'])
     assert set(shards[0]) | set(shards[1]) == set(everything)
 
 
@@ -175,13 +182,14 @@ def test_state_of_another_pipeline_is_rejected(data_dir, clip):
 def test_text_batches(data_dir, wordpiece):
     def make(**kwargs):
         args = dict(data_dir=data_dir, split='test', batch_size=16, tokenizer=wordpiece,
-                    max_length=32, seed=1, process_index=1, process_count=2)
-        return pipeline.text_batches(**{**args, **kwargs})
+                    spec={'text': jax.ShapeDtypeStruct((32,), np.int32)}, seed=1,
+                    process_index=1, process_count=2)
+        return pipeline.batches('prose', **{**args, **kwargs})
 
     it = make()
     batch = next(it)
-    assert set(batch) == {'tokens'}
-    tokens = batch['tokens']
+    assert set(batch) == {'text'}
+    tokens = batch['text']
     assert tokens.shape == (16, 32) and tokens.dtype == np.int32
     assert (tokens[:, 0] == wordpiece.cls_id).all()
     assert ((tokens == wordpiece.sep_id).sum(axis=1) == 1).all()

@@ -16,23 +16,24 @@ from mmjax import cli
 from mmjax import config as config_lib
 from mmjax import export
 from mmjax.convert import layout, torch_io
-from mmjax.data import pipeline
 from mmjax.data.tokenizers import get_tokenizer
-from mmjax.nn.build import build_model, init_args
+from mmjax import tasks
+from splits import prose_texts
 
 TOL = 1e-4
 
 
 def _init(config, seed=0):
-    method, args = init_args(config)
-    model = build_model(config)
+    task = tasks.get(config, tokenizer=None)
+    method, args = task.init_args()
+    model = task.build_model()
     init = jax.jit(lambda rng: nn.unbox(model.init(rng, *args, method=method)["params"]))
     return model, jax.tree.map(np.asarray, init(jax.random.PRNGKey(seed)))
 
 
 def _mlm_logits(config, params, tokens):
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-    return np.asarray(jax.jit(build_model(config).apply)({"params": params}, tokens, positions))
+    return np.asarray(jax.jit(tasks.get(config, None).build_model().apply)({"params": params}, tokens, positions))
 
 
 def test_layouts_convert_both_ways_without_changing_the_model():
@@ -86,7 +87,7 @@ def test_trained_smoke_mlm_export_loads_in_transformers_and_matches(trained_mlm,
     reference, info = BertForMaskedLM.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
     config, _, params = export.read_checkpoint(workdir)
-    texts = pipeline.prose_eval_texts(data_dir, "test")[:4] + ["short"]
+    texts = prose_texts(data_dir, "test")[:4] + ["short"]
     tokens = get_tokenizer("wordpiece", data_dir).encode(texts, config.model.text.context_length)
     assert (tokens == 0).any()  # some padding, which both sides mask
     with torch.no_grad():
@@ -137,7 +138,7 @@ def test_cli_import_makes_a_run_that_evaluates_the_same(trained_mlm, tmp_path, c
         config_lib.load("configs/smoke_mlm.py").model.to_dict()
     metrics = run_mmjax("eval", "--workdir", new, "--data_dir", data_dir)
     assert metrics["step"] == 0
-    assert metrics["eval/mlm_accuracy"] == pytest.approx(results["eval/mlm_accuracy"], abs=1e-6)
+    assert metrics["eval/mlm/accuracy"] == pytest.approx(results["eval/mlm/accuracy"], abs=1e-6)
     # A second import into the same run is refused rather than mixed into it.
     assert cli.main(["import", "--format", "hf_bert", "--src", out, "--workdir", new,
                      "--data_dir", data_dir]) == 2

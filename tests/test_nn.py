@@ -10,9 +10,23 @@ import pytest
 
 from mmjax.nn.attention import Attention, dot_product_attention
 from mmjax.nn.clip import DualEncoder
+from mmjax.nn.options import EncoderOptions, TextOptions, ViTOptions
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.transformer import Encoder
 from mmjax.nn.vit import ViT
+
+
+def _encoder(**kw):
+    return Encoder(EncoderOptions(**kw))
+
+
+def _vit(**kw):
+    return ViT(ViTOptions(**kw))
+
+
+def _text(**kw):
+    return TextTransformer(TextOptions(**kw))
+
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -77,9 +91,9 @@ def test_scan_and_unrolled_give_the_same_outputs(pre_norm, causal, remat):
     x = np.random.default_rng(4).normal(size=(2, 6, 16)).astype(np.float32)
     mask = np.array([[1] * 6, [1] * 3 + [0] * 3], bool)
     kw = dict(depth=3, num_heads=2, mlp_dim=32, pre_norm=pre_norm, causal=causal, remat=remat)
-    unrolled = Encoder(scan=False, **kw)
+    unrolled = _encoder(scan=False, **kw)
     params = nn.unbox(unrolled.init(jax.random.PRNGKey(0), x, mask)["params"])
-    scanned = Encoder(scan=True, **kw)
+    scanned = _encoder(scan=True, **kw)
     stacked = _stack_layers(params, 3)
     assert jax.tree.structure(stacked) == jax.tree.structure(
         nn.unbox(scanned.init(jax.random.PRNGKey(0), x, mask)["params"]))
@@ -94,14 +108,14 @@ def test_scan_and_unrolled_give_the_same_outputs(pre_norm, causal, remat):
 
 def test_scanned_params_carry_layers_axis_name():
     x = np.zeros((1, 4, 8), np.float32)
-    boxed = Encoder(depth=2, num_heads=2, mlp_dim=16, scan=True).init(jax.random.PRNGKey(0), x)["params"]
+    boxed = _encoder(depth=2, num_heads=2, mlp_dim=16, scan=True).init(jax.random.PRNGKey(0), x)["params"]
     spec = nn.get_partition_spec(boxed)
     assert spec["layers"]["attn"]["qkv_kernel"] == jax.sharding.PartitionSpec("layers", "embed", None, "heads", "kv")
     assert spec["layers"]["mlp"]["fc1"]["kernel"] == jax.sharding.PartitionSpec("layers", "embed", "mlp")
 
 
 def test_text_tower_eot_pooling_and_causality():
-    tower = TextTransformer(vocab_size=50, context_length=8, width=16, depth=2, num_heads=2,
+    tower = _text(vocab_size=50, context_length=8, width=16, depth=2, num_heads=2,
                             mlp_dim=32, causal=True, pool="eot", scan=False)
     tokens = np.array([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0]], np.int32)
     params = nn.unbox(tower.init(jax.random.PRNGKey(0), tokens)["params"])
@@ -115,7 +129,7 @@ def test_text_tower_eot_pooling_and_causality():
 
 
 def test_bidirectional_text_tower_ignores_padding():
-    tower = TextTransformer(vocab_size=50, context_length=8, width=16, depth=2, num_heads=2,
+    tower = _text(vocab_size=50, context_length=8, width=16, depth=2, num_heads=2,
                             mlp_dim=32, causal=False, pool="first", pre_norm=False,
                             embed_norm=True, final_norm=False, type_vocab_size=2, scan=False)
     tokens = np.array([[2, 5, 6, 3, 0, 0, 0, 0]], np.int32)
@@ -129,7 +143,7 @@ def test_bidirectional_text_tower_ignores_padding():
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_vit_shapes_and_patch_embedding(pool):
-    vit = ViT(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, pool=pool, scan=False)
+    vit = _vit(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, pool=pool, scan=False)
     images = np.random.default_rng(5).normal(size=(3, 8, 12, 2)).astype(np.float32)
     params = nn.unbox(vit.init(jax.random.PRNGKey(0), images)["params"])
     assert params["pos_embedding"].shape == ((2 * 3) + (pool == "cls"), 16)
@@ -143,8 +157,8 @@ def test_vit_shapes_and_patch_embedding(pool):
 
 
 def _tiny_clip(**kw):
-    return DualEncoder(ViT(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, scan=False),
-                       TextTransformer(vocab_size=50, context_length=8, width=16, depth=1,
+    return DualEncoder(_vit(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, scan=False),
+                       _text(vocab_size=50, context_length=8, width=16, depth=1,
                                        num_heads=2, mlp_dim=32, scan=False), embed_dim=8, **kw)
 
 
@@ -166,9 +180,9 @@ def test_dual_encoder_logit_scale_init_clamp_and_normalised_embeddings():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    model = DualEncoder(ViT(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32,
+    model = DualEncoder(_vit(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32,
                             dtype=jnp.bfloat16, scan=True),
-                        TextTransformer(vocab_size=50, context_length=8, width=16, depth=1, num_heads=2,
+                        _text(vocab_size=50, context_length=8, width=16, depth=1, num_heads=2,
                                         mlp_dim=32, dtype=jnp.bfloat16, scan=True), embed_dim=8)
     images, tokens = np.zeros((2, 8, 8, 1), np.float32), np.array([[48, 3, 49, 0] * 2] * 2, np.int32)
     params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens)["params"])

@@ -8,42 +8,38 @@ import pytest
 
 from mmjax import config as config_lib
 from mmjax import sharding
-from mmjax.nn.build import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train.state import create_train_state
-from mmjax.train.step import Traced, make_loss_fn, make_train_step
+from mmjax.train.setup import setup
+from mmjax.train.step import Traced, make_loss_fn
 from tiny_configs import TOKENIZER, tiny_batch, tiny_config
 
 MESHES = {"data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2), "fsdp8": (1, 8, 1)}
 
 
 def _build(config, mesh_shape):
+    """(run, fresh state) of `config` on the first devices, as `mmjax train` sets them up."""
     data, fsdp, tensor = mesh_shape
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
-    devices = jax.devices()[:data * fsdp * tensor]
-    mesh = sharding.make_mesh(config.mesh, devices=devices)
-    rules = sharding.rules()
-    model = build_model(config)
-    tx, lr = make_optimizer(config.optim, config.train.steps)
-    state, shardings = create_train_state(config, model, tx, mesh, rules)
-    return mesh, rules, model, tx, lr, state, shardings
+    run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:data * fsdp * tensor])
+    return run, run.init_state()
 
 
 def _loss_and_grads(config, mesh_shape):
-    mesh, rules, model, _, _, state, shardings = _build(config, mesh_shape)
+    run, state = _build(config, mesh_shape)
+    mesh = run.mesh
     batch = sharding.global_batch(tiny_batch(config, seed=1), mesh)
-    fn = jax.value_and_grad(make_loss_fn(config, model, mesh, TOKENIZER), has_aux=True)
-    (loss, _), grads = Traced(jax.jit(fn, in_shardings=(shardings.params, sharding.batch_sharding(mesh), None)),
-                              mesh, rules)(state.params, batch, jax.random.PRNGKey(3))
+    fn = jax.value_and_grad(make_loss_fn(run.task.loss_terms(run.model, mesh)), has_aux=True)
+    (loss, _), grads = Traced(jax.jit(fn, in_shardings=(run.state_shardings.params,
+                                                        sharding.batch_sharding(mesh), None)),
+                              mesh, run.rules)(state.params, batch, jax.random.PRNGKey(3))
     return float(loss), jax.device_get(grads), state
 
 
 def _sgd_params(config, mesh_shape, steps=10):
     config.optim.update(name="sgd", lr=0.1)
-    mesh, rules, model, tx, lr, state, shardings = _build(config, mesh_shape)
-    step = make_train_step(config, model, tx, lr, mesh, rules, TOKENIZER, shardings)
+    run, state = _build(config, mesh_shape)
+    step = run.train_step()
     for i in range(steps):
-        state, _ = step(state, sharding.global_batch(tiny_batch(config, seed=i), mesh))
+        state, _ = step(state, sharding.global_batch(tiny_batch(config, seed=i), run.mesh))
     return jax.device_get(state.params)
 
 
@@ -82,7 +78,7 @@ def test_every_task_on_every_mesh_equals_the_single_device_run(task):
 
 def test_fsdp8_holds_an_eighth_of_the_state_per_device():
     config = config_lib.load("configs/smoke_clip.py")
-    *_, state, _ = _build(config, (1, 8, 1))
+    _, state = _build(config, (1, 8, 1))
     total = sum(x.nbytes for x in jax.tree.leaves(state))
     per_device = {d: 0 for d in jax.devices()}
     for leaf in jax.tree.leaves(state):
@@ -96,7 +92,7 @@ def test_fsdp8_holds_an_eighth_of_the_state_per_device():
 def test_params_are_born_sharded_without_a_full_copy():
     """The jitted init writes each shard in place: no leaf is fully on one device."""
     config = tiny_config("clip")
-    *_, state, _ = _build(config, (1, 8, 1))
+    _, state = _build(config, (1, 8, 1))
     kernel = state.params["image"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]   # ('embed', 'mlp')
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # tensor = 1
     assert kernel.addressable_shards[0].data.shape == (16 // 8, 32)

@@ -51,16 +51,16 @@ def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_pa
     assert [r["step"] for r in train] == [2, 4, 6]
     for r in train:
         assert {"train/loss", "train/lr", "train/examples_per_s"} <= r.keys()
-    evals = [r for r in records if "eval/zeroshot_top1" in r]
+    evals = [r for r in records if "eval/zeroshot/top1" in r]
     assert [r["step"] for r in evals] == [3, 6]
-    assert {"eval/i2t_r1", "eval/t2i_r1"} <= evals[0].keys()
+    assert {"eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1"} <= evals[0].keys()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[:2] == ["3", "6"]
-    assert json.loads(out.stdout.strip().splitlines()[-1])["eval/zeroshot_top1"] == evals[-1]["eval/zeroshot_top1"]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["eval/zeroshot/top1"] == evals[-1]["eval/zeroshot/top1"]
     built = _data_files(data_dir)
     again = _mmjax("eval", "--workdir", workdir, "--data_dir", data_dir)
     result = json.loads(again.stdout.strip().splitlines()[-1])
-    assert result["step"] == 6 and result["eval/zeroshot_top1"] == evals[-1]["eval/zeroshot_top1"]
+    assert result["step"] == 6 and result["eval/zeroshot/top1"] == evals[-1]["eval/zeroshot/top1"]
     assert built and _data_files(data_dir) == built  # the second run did not rebuild the data
 
 
@@ -69,8 +69,8 @@ def test_default_smoke_clip_reaches_the_zero_shot_bar(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     out = _mmjax("train", "--workdir", workdir, "--data_dir", data_dir)
     final = _final_eval(workdir)
-    assert final["step"] == 500 and final["eval/zeroshot_top1"] >= 0.85, final
-    assert "eval/zeroshot_top1" in out.stdout
+    assert final["step"] == 500 and final["eval/zeroshot/top1"] >= 0.85, final
+    assert "eval/zeroshot/top1" in out.stdout
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_smoke_clip_on_a_3d_mesh_of_8_devices_reaches_the_bar(tmp_path, data_dir
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_clip.py",
            "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
-    assert _final_eval(workdir)["eval/zeroshot_top1"] >= 0.85
+    assert _final_eval(workdir)["eval/zeroshot/top1"] >= 0.85
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_smoke_mlm_beats_twice_the_most_frequent_token(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_mlm.py")
     final = _final_eval(workdir)
-    assert final["eval/mlm_accuracy"] >= 2 * final["eval/mlm_baseline_accuracy"], final
+    assert final["eval/mlm/accuracy"] >= 2 * final["eval/mlm/baseline_accuracy"], final
 
 
 @pytest.mark.slow
@@ -94,8 +94,8 @@ def test_smoke_clip_mlm_learns_both(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_clip_mlm.py")
     final = _final_eval(workdir)
-    assert final["eval/zeroshot_top1"] >= 0.85, final
-    assert final["eval/mlm_accuracy"] >= 2 * final["eval/mlm_baseline_accuracy"], final
+    assert final["eval/zeroshot/top1"] >= 0.85, final
+    assert final["eval/mlm/accuracy"] >= 2 * final["eval/mlm/baseline_accuracy"], final
 
 
 @pytest.mark.slow

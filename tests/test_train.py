@@ -6,21 +6,14 @@ import pytest
 
 from mmjax import sharding
 from mmjax.losses import infonce_loss
-from mmjax.nn.build import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train.state import create_train_state
-from mmjax.train.step import make_accumulated_grads, make_loss_fn, make_train_step
+from mmjax.train.setup import setup
+from mmjax.train.step import make_accumulated_grads, make_loss_fn
 from tiny_configs import TOKENIZER, tiny_batch, tiny_config
 
 
 def _setup(config, devices=1):
-    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:devices])
-    rules = sharding.rules()
-    model = build_model(config)
-    tx, lr = make_optimizer(config.optim, config.train.steps)
-    state, shardings = create_train_state(config, model, tx, mesh, rules)
-    step = make_train_step(config, model, tx, lr, mesh, rules, TOKENIZER, shardings)
-    return mesh, model, state, step
+    run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:devices])
+    return run.mesh, run.model, run.init_state(), run.train_step()
 
 
 @pytest.mark.parametrize("task", ["clip", "mlm", "clip+mlm"])
@@ -29,7 +22,7 @@ def test_tiny_model_overfits_a_fixed_batch(task):
     config.train.steps = 80
     mesh, _, state, step = _setup(config)
     batch = tiny_batch(config)
-    key = "tokens" if task == "mlm" else "text"
+    key = "text"
     b, length = batch[key].shape   # learnable text: a masked token follows from its position
     if task != "clip":
         batch[key][:, 1:-1] = 5 + np.arange(1, length - 1) % 50
@@ -54,12 +47,15 @@ def test_gradient_accumulation_keeps_every_example_as_a_negative():
     mesh, model, state, _ = _setup(config, devices=8)
     batch = sharding.global_batch(tiny_batch(config), mesh)
     rng = jax.random.PRNGKey(0)
-    (loss, _), grads = jax.jit(jax.value_and_grad(make_loss_fn(config, model, mesh, TOKENIZER), has_aux=True))(
+    terms = setup(config, tokenizer=TOKENIZER).task.loss_terms(model, mesh)
+    (loss, _), grads = jax.jit(jax.value_and_grad(make_loss_fn(terms), has_aux=True))(
         state.params, batch, rng)
-    (loss4, _), grads4 = jax.jit(make_accumulated_grads(config, model, mesh, TOKENIZER, 4))(
-        state.params, batch, rng)
+    (loss4, _), grads4 = jax.jit(make_accumulated_grads(terms, 4))(state.params, batch, rng)
     np.testing.assert_allclose(loss4, loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads4, grads)
+    # per leaf, relative to its own scale (an element near zero carries the summation order's
+    # rounding: 2e-5 absolute on a 0.14 entry of a leaf whose entries reach 17, on this CPU)
+    for a, b in zip(jax.tree.leaves(grads4), jax.tree.leaves(grads)):
+        assert np.linalg.norm(np.float64(a) - b) <= 1e-5 * np.linalg.norm(np.float64(b))
     # a naive per-microbatch loss sees only b/k negatives and differs
     micro = jax.tree.map(lambda x: np.asarray(x)[::4], batch)
     naive = infonce_loss(*model.apply({"params": state.params}, micro["image"], micro["text"])[:3])

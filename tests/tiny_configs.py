@@ -4,6 +4,7 @@ import types
 
 import numpy as np
 
+from mmjax import tasks
 from mmjax.config import defaults
 
 # What the train step needs of a tokenizer for MLM masking: ids 0-4 are special.
@@ -28,13 +29,14 @@ def tiny_config(task="clip", **model):
 
 
 def tiny_batch(config, batch_size=None, seed=0):
-    """A random batch with the shapes the train step of `config.task` reads."""
+    """A random batch with the shapes the task's batch spec asks for."""
     rng = np.random.default_rng(seed)
     b = batch_size or config.train.batch_size
     length = config.model.text.context_length
     text = rng.integers(5, TOKENIZER.vocab_size - 2, (b, length)).astype(np.int32)
     text[:, 0], text[:, -1] = 2, TOKENIZER.vocab_size - 1   # [CLS]-like start; EOT = max id
-    if config.task == "mlm":
-        return {"tokens": text}
-    size, channels = config.data.image_size, config.data.image_channels
-    return {"image": rng.normal(size=(b, size, size, channels)).astype(np.float32), "text": text}
+    spec = tasks.get(config, TOKENIZER).batch_spec()
+    batch = {"text": text}
+    if "image" in spec:
+        batch["image"] = rng.normal(size=(b, *spec["image"].shape)).astype(np.float32)
+    return batch

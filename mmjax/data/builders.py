@@ -55,7 +55,7 @@ class DigitCaptions(_PackagedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description=__doc__,
+            description=inspect.getdoc(type(self)),
             features=tfds.features.FeaturesDict({
                 'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
                 'label': tfds.features.Tensor(shape=(), dtype=np.int64),
@@ -123,7 +123,7 @@ class Prose(_PackagedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description=__doc__,
+            description=inspect.getdoc(type(self)),
             features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
             disable_shuffling=True,
         )

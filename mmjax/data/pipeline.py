@@ -1,95 +1,56 @@
-"""grain input pipelines (sharded per process, checkpointable) and whole-split eval arrays.
+"""Input pipelines: this process's share of a dataset as batches of a task's batch spec.
 
-`clip_batches` / `text_batches` return a `grain.DataLoaderIterator`: `next(it)` gives this
-process's batch as a dict of numpy arrays; `it.get_state()` returns the position as JSON
-`bytes` and `it.set_state(state)` on an iterator built with the same arguments resumes it
-exactly (same batches, same order, same random captions). The state records the sampler
-and source, so restoring it into a differently configured pipeline raises ValueError.
+`batches(...)` returns an iterator: `next(it)` gives this process's batch as a dict of
+numpy arrays; `it.get_state()` returns the position as JSON `bytes` and `it.set_state(s)`
+on an iterator built with the same arguments resumes it exactly. Random-access datasets go
+through a `grain.DataLoader` (seeded shuffle, per-process shard; the state records the
+sampler and source, so restoring into a differently configured pipeline raises
+ValueError); streamed ones through `StreamLoader` (resumed by re-reading up to the
+position). `eval_batches` walks a split once, padded to whole batches, for evaluators.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import json
+import math
 
 import grain
 import numpy as np
 
-from mmjax.data import builders
+from mmjax.config import ConfigError
+from mmjax.data import sources, transforms
 
-DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
-CAPTION_TEMPLATES = (
-    'a photo of the digit {}',
-    'a handwritten {}',
-    'an image of the number {}',
-    'a scanned handwritten digit {}',
-    'the number {} written by hand',
-    'a black and white picture of a {}',
-)
 # Records are small and local: reading them in the consuming thread beats reader threads
 # fighting over the GIL (2.0 s vs 3.6 s for 100 batches of 64 digits on this 2-core box).
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
-def digit_captions(labels: Sequence[int], template: str = CAPTION_TEMPLATES[0]) -> list[str]:
-    """Captions of digit labels, e.g. 7 -> 'a photo of the digit seven'."""
-    return [template.format(DIGIT_NAMES[int(label)]) for label in labels]
+def _check_features(dataset, name, spec):
+    missing = [k for k in spec if k in ('image', 'text', 'label') and k not in dataset.features]
+    if missing:
+        raise ConfigError(f"dataset {name!r} has no {', '.join(missing)} (it gives "
+                          f"{', '.join(dataset.features) or 'nothing'}); the task needs "
+                          f"{', '.join(spec)}: pick a dataset that has them")
 
 
-def scale_images(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+def batches(name, *, data_dir, split, spec, tokenizer, batch_size, seed, num_epochs=None,
+            shuffle=True, process_index=0, process_count=1, worker_count=0):
+    """This process's `batch_size` examples of each global batch of dataset `name`.
 
-
-class _CaptionDigit(grain.transforms.RandomMap):
-    """Picks the caption template at random (reproducible per example and epoch)."""
-
-    def __init__(self, caption_tokens: np.ndarray):
-        self._caption_tokens = caption_tokens  # [digit, template, length]
-
-    def random_map(self, element, rng: np.random.Generator):
-        label = int(element['label'])
-        template = rng.integers(self._caption_tokens.shape[1])
-        return {'image': element['image'],
-                'text': self._caption_tokens[label, template],
-                'label': np.int32(label)}
-
-
-class _ScaleBatchImages(grain.transforms.Map):
-    """uint8 images of a whole batch -> float32 in [-1, 1] (one vectorised op per batch)."""
-
-    def map(self, element):
-        return {**element, 'image': scale_images(element['image'])}
-
-
-class _DecodeText(grain.transforms.Map):
-    """Record bytes -> str."""
-
-    def map(self, element):
-        return element['text'].decode('utf-8')
-
-
-class _TokenizeBatch:
-    """Batch function: a list of strings -> {'tokens': int32 [b, max_length]}."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self._tokenizer = tokenizer
-        self._max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        return {'tokens': self._tokenizer.encode(list(texts), self._max_length)}
-
-
-def _batches(source, operations, *, seed: int, num_epochs: int | None, shuffle: bool,
-             process_index: int, process_count: int,
-             worker_count: int) -> grain.DataLoaderIterator:
-    """This process's share of `source`, through `operations`.
-
-    The sampler walks one global order (reshuffled every epoch from `seed`) and the loader
-    keeps every `process_count`-th element of it, so each process reads only its own
-    records, the processes never overlap, and together they cover each epoch (less a
-    remainder smaller than `process_count`) whatever order the records are stored in.
+    The sampler walks one global order (reshuffled every epoch from `seed`) and each process
+    keeps every `process_count`-th element of it, so the processes never overlap and
+    together cover each epoch (less a remainder smaller than `process_count`).
+    num_epochs=None repeats forever; an epoch's last partial batch is dropped.
     """
+    dataset = sources.get(name)
+    _check_features(dataset, name, spec)
+    source = dataset.source(data_dir, split)
+    operations = [*dataset.example_ops(train=True),
+                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True,
+                                         batch_fn=transforms.Collate(spec, tokenizer))]
+    if not dataset.random_access:
+        return StreamLoader(source, operations, seed=seed, num_epochs=num_epochs,
+                            process_index=process_index, process_count=process_count)
     if worker_count > 0:
         from absl import flags  # grain worker processes read absl flags.
         if not flags.FLAGS.is_parsed():
@@ -99,64 +60,99 @@ def _batches(source, operations, *, seed: int, num_epochs: int | None, shuffle: 
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=shuffle,
         num_epochs=num_epochs, seed=seed)
-    loader = grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations, shard_options=shard,
-        worker_count=worker_count,
-        read_options=READ_OPTIONS)
+    loader = grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                              shard_options=shard, worker_count=worker_count,
+                              read_options=READ_OPTIONS)
     return iter(loader)
 
 
-def clip_batches(*, data_dir: str | os.PathLike | None, split: str, batch_size: int, tokenizer,
-                 context_length: int, seed: int, num_epochs: int | None = None,
-                 shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                 worker_count: int = 0) -> grain.DataLoaderIterator:
-    """Digit image-caption batches: image f32 [b,28,28,1] in [-1,1], text i32 [b,L], label i32 [b].
+class StreamLoader:
+    """Batches of a streamed (iterable, not random-access) source, in stored order.
 
-    `batch_size` is this process's batch; num_epochs=None repeats forever; the last partial
-    batch of an epoch-limited run is dropped.
+    Process p keeps records p, p + P, ... Random transforms draw from a generator seeded by
+    (seed, epoch, record index). The state is the number of records read; `set_state`
+    re-reads up to it, which is exact but costs a pass over what was read.
     """
-    source = builders.data_source('digit_captions', data_dir, split)
-    captions = [t.format(d) for d in DIGIT_NAMES for t in CAPTION_TEMPLATES]
-    caption_tokens = tokenizer.encode(captions, context_length).reshape(
-        len(DIGIT_NAMES), len(CAPTION_TEMPLATES), context_length)
-    operations = [_CaptionDigit(caption_tokens),
-                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
-                  _ScaleBatchImages()]
-    return _batches(source, operations, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
-                    process_index=process_index, process_count=process_count,
-                    worker_count=worker_count)
+
+    def __init__(self, source, operations, *, seed, num_epochs, process_index, process_count):
+        self._source, self._seed, self._num_epochs = source, seed, num_epochs
+        *self._ops, self._batch = operations
+        self._p, self._count = process_index, process_count
+        self._position = 0
+        self._records = self._walk((0, 0))
+
+    def _walk(self, start):
+        epoch = start[0]
+        while self._num_epochs is None or epoch < self._num_epochs:
+            for index, record in enumerate(self._source):
+                if index % self._count == self._p and (epoch, index) >= tuple(start):
+                    yield (epoch, index), record
+            epoch += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        examples = []
+        while len(examples) < self._batch.batch_size:
+            (epoch, index), record = next(self._records)
+            for op in self._ops:
+                if isinstance(op, grain.transforms.RandomMap):
+                    record = op.random_map(record, np.random.default_rng((self._seed, epoch, index)))
+                else:
+                    record = op.map(record)
+            examples.append(record)
+            self._position = (epoch, index + 1)
+        return self._batch.batch_fn(examples)
+
+    def get_state(self) -> bytes:
+        return json.dumps({'stream_position': list(self._position), 'process_count': self._count}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        position = json.loads(state)['stream_position']
+        self._position = tuple(position)
+        self._records = self._walk(self._position)
 
 
-def text_batches(*, data_dir: str | os.PathLike | None, split: str, batch_size: int, tokenizer,
-                 max_length: int, seed: int, num_epochs: int | None = None,
-                 shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                 worker_count: int = 0) -> grain.DataLoaderIterator:
-    """Prose batches: tokens i32 [b, max_length] ([CLS] ... [SEP] then [PAD] for WordPiece)."""
-    source = builders.data_source('prose', data_dir, split)
-    operations = [_DecodeText(),
-                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True,
-                                         batch_fn=_TokenizeBatch(tokenizer, max_length))]
-    return _batches(source, operations, seed=seed, num_epochs=num_epochs, shuffle=shuffle,
-                    process_index=process_index, process_count=process_count,
-                    worker_count=worker_count)
+def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_index=0,
+                 process_count=1, pad_to=1):
+    """One pass over a split for evaluation: yields (this process's batch, valid [b] bool).
+
+    Process p reads records p, p + P, ...; every process yields the same number of batches
+    of `batch_size` rows (rounded up to a multiple of `pad_to`), the last ones padded with
+    copies of the first row and valid=False, so a global batch always fills the mesh.
+    Records are read batch by batch, never the whole split at once.
+    """
+    dataset = sources.get(name)
+    _check_features(dataset, name, spec)
+    ops, collate = dataset.example_ops(train=False), transforms.Collate(spec, tokenizer)
+    batch_size = math.ceil(batch_size / pad_to) * pad_to
+    if dataset.random_access:
+        source = dataset.source(data_dir, split)
+        total = len(source)
+        mine = (source[i] for i in range(process_index, total, process_count))
+    else:
+        records = list(enumerate(dataset.records(data_dir, split)))  # a streamed split: count it
+        total = len(records)
+        mine = (r for i, r in records if i % process_count == process_index)
+    num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
+    examples, pad = transforms.apply(ops, mine), None
+    for _ in range(num_batches):
+        chunk = [e for _, e in zip(range(batch_size), examples)]
+        valid = np.arange(batch_size) < len(chunk)
+        if pad is None:  # any real example: padding rows copy it (and are ignored)
+            pad = chunk[0] if chunk else next(transforms.apply(ops, iter(dataset.records(data_dir, split))))
+        yield collate(chunk + [pad] * (batch_size - len(chunk))), valid
 
 
-def _read_all(name: str, data_dir: str | os.PathLike | None, split: str) -> list[dict]:
-    """Every record of a split, in stored order."""
-    source = builders.data_source(name, data_dir, split)
-    return list(source.__getitems__(range(len(source))))
-
-
-def digit_eval_arrays(data_dir: str | os.PathLike | None,
-                      split: str = 'test') -> dict[str, np.ndarray | list[str]]:
-    """A whole digit split: image f32 [n,28,28,1] in [-1,1], label i32 [n], caption list[str]."""
-    records = _read_all('digit_captions', data_dir, split)
-    labels = np.array([r['label'] for r in records], dtype=np.int32)
-    return {'image': scale_images(np.stack([r['image'] for r in records])),
-            'label': labels,
-            'caption': digit_captions(labels)}
-
-
-def prose_eval_texts(data_dir: str | os.PathLike | None, split: str = 'test') -> list[str]:
-    """A whole prose split as strings (any split; 'test' by default)."""
-    return [r['text'].decode('utf-8') for r in _read_all('prose', data_dir, split)]
+def train_batches(run, data_dir, process_index, process_count):
+    """This process's rows of each global training batch of `run` (a train.setup.Run)."""
+    config = run.config
+    names = tuple(config.data.datasets)
+    if len(names) != 1:
+        raise ConfigError(f"data.datasets={names}: training reads one dataset for now; "
+                          f"name one (mixtures with weights are the next step of the data layer)")
+    return batches(names[0], data_dir=data_dir, split='train', spec=run.task.batch_spec(),
+                   tokenizer=run.tokenizer, batch_size=config.train.batch_size // process_count,
+                   seed=config.seed, process_index=process_index, process_count=process_count,
+                   worker_count=config.data.get('worker_count', 0))

@@ -159,8 +159,10 @@ class WordPieceTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def get_tokenizer(name: str, data_dir: str) -> ClipTokenizer | WordPieceTokenizer:
-    """'clip_bpe', or 'wordpiece' trained once on the prose train split and cached in data_dir.
+def get_tokenizer(name: str, data_dir: str,
+                  corpus: Sequence[str] = ('prose',)) -> ClipTokenizer | WordPieceTokenizer:
+    """'clip_bpe', or 'wordpiece' trained once on the train text of the `corpus` datasets
+    (`config.data.tokenizer_data`, else the training datasets) and cached in data_dir.
 
     Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
     is the identity of the tokenizer, so hosts must share it (a shared data_dir, or copy it).
@@ -168,12 +170,13 @@ def get_tokenizer(name: str, data_dir: str) -> ClipTokenizer | WordPieceTokenize
     if name == 'clip_bpe':
         return ClipTokenizer()
     if name == 'wordpiece':
-        from mmjax.data import builders  # Lazy: pulls in tensorflow_datasets.
+        from mmjax.data import builders, sources  # Lazy: pulls in tensorflow_datasets.
+        corpus = tuple(corpus)
+        suffix = '' if corpus == ('prose',) else '_' + '+'.join(corpus)
         path = os.path.join(builders.resolve_data_dir(data_dir),
-                            f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}.txt')
+                            f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}{suffix}.txt')
         if not os.path.exists(path):
-            source = builders.data_source('prose', data_dir, 'train')
-            texts = [r['text'].decode('utf-8') for r in source.__getitems__(range(len(source)))]
+            texts = [t for n in corpus for t in sources.get(n).texts(data_dir, 'train')]
             WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
         return WordPieceTokenizer.from_vocab(path)
     raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')

@@ -1,6 +1,11 @@
 """Held-out masked-token accuracy, next to always predicting the most frequent token."""
 
+import jax
 import numpy as np
+
+from mmjax.eval import EVALUATORS
+from mmjax.eval.base import Evaluator
+from mmjax.tasks.mlm import masker
 
 
 def most_frequent_token(tokens, special_ids, vocab_size):
@@ -15,3 +20,39 @@ def masked_accuracy(predictions, labels, weights, baseline_token):
     w = np.asarray(weights) > 0
     return (float(np.mean(np.asarray(predictions)[w] == np.asarray(labels)[w])),
             float(np.mean(np.asarray(labels)[w] == baseline_token)))
+
+
+@EVALUATORS.register("mlm")
+class MaskedLM(Evaluator):
+    """Accuracy of the model's `mlm_logits` at BERT-masked positions of a text split (batch i
+    masked with fold_in(PRNGKey(seed), i)), and the most-frequent-token baseline counted on
+    the dataset's train split."""
+
+    def __init__(self, run_setup, spec, data_dir):
+        super().__init__(run_setup, spec, data_dir)
+        self.batch_spec = {"text": jax.ShapeDtypeStruct(
+            (run_setup.config.model.text.context_length,), np.int32)}
+        self.mask = masker(run_setup.config, run_setup.tokenizer)
+        self.baseline = None
+
+    def _baseline(self):
+        tok, length = self.setup.tokenizer, self.setup.config.model.text.context_length
+        counts = np.zeros(tok.vocab_size, np.int64)
+        texts = self.dataset.texts(self.data_dir, "train")
+        while chunk := [t for _, t in zip(range(1024), texts)]:
+            counts += np.bincount(tok.encode(chunk, length).ravel(), minlength=tok.vocab_size)
+        counts[list(tok.special_ids)] = 0
+        return int(np.argmax(counts))
+
+    def _predict(self, params, batch, index):
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.spec["seed"]), index)
+        masked = self.mask(rng, batch["text"])
+        logits = self.apply(params, (masked["inputs"], masked["positions"]), "mlm_logits")
+        return {"pred": logits.argmax(-1), "labels": masked["labels"], "weights": masked["weights"]}
+
+    def run(self, params):
+        if self.baseline is None:
+            self.baseline = self._baseline()
+        out = self.map_split(self._predict, params, self.batch_spec)
+        acc, base = masked_accuracy(out["pred"], out["labels"], out["weights"], self.baseline)
+        return {"accuracy": acc, "baseline_accuracy": base}

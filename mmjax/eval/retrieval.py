@@ -2,6 +2,9 @@
 
 import numpy as np
 
+from mmjax.eval import EVALUATORS
+from mmjax.eval.base import Evaluator
+
 
 def recall_at_k(image_embeddings, text_embeddings, captions, ks=(1, 5)):
     """Recall@K both ways; `captions[i]` is image i's caption.
@@ -21,3 +24,22 @@ def recall_at_k(image_embeddings, text_embeddings, captions, ks=(1, 5)):
         out[f"i2t_r{k}"] = float(np.mean(np.take_along_axis(same, i2t, axis=1).any(axis=1)))
         out[f"t2i_r{k}"] = float(np.mean(np.take_along_axis(same.T, t2i, axis=1).any(axis=1)))
     return out
+
+
+@EVALUATORS.register("retrieval")
+class Retrieval(Evaluator):
+    """Recall@1/5 image -> text and text -> image over a split of (image, caption) pairs;
+    captions are told apart by their tokens."""
+
+    def __init__(self, run_setup, spec, data_dir):
+        super().__init__(run_setup, spec, data_dir)
+        self.batch_spec = {k: v for k, v in run_setup.task.batch_spec().items() if k in ("image", "text")}
+
+    def _encode(self, params, batch, index):
+        return {"zimg": self.apply(params, (batch["image"],), "encode_image"),
+                "ztxt": self.apply(params, (batch["text"],), "encode_text"), "text": batch["text"]}
+
+    def run(self, params):
+        out = self.map_split(self._encode, params, self.batch_spec)
+        captions = [row.tobytes() for row in out["text"]]
+        return recall_at_k(out["zimg"], out["ztxt"], captions, ks=tuple(self.spec.get("ks", (1, 5))))

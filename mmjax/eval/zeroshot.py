@@ -1,6 +1,10 @@
 """Zero-shot classification: class prompts -> text embeddings -> nearest class per image."""
 
+import jax
 import numpy as np
+
+from mmjax.eval import EVALUATORS
+from mmjax.eval.base import Evaluator
 
 
 def class_embeddings(encode_text, tokenize, class_names, templates):
@@ -14,3 +18,34 @@ def class_embeddings(encode_text, tokenize, class_names, templates):
 def top1_accuracy(image_embeddings, labels, classes):
     """Fraction of images whose most similar class embedding is their label."""
     return float(np.mean(np.argmax(image_embeddings @ classes.T, axis=-1) == labels))
+
+
+@EVALUATORS.register("zeroshot")
+class ZeroShot(Evaluator):
+    """Top-1 of a labelled image split against prompts of its class names (the dataset's own
+    names and caption templates; options `class_names` / `templates` override them)."""
+
+    def __init__(self, run_setup, spec, data_dir):
+        super().__init__(run_setup, spec, data_dir)
+        self.class_names = tuple(self.spec.get("class_names") or self.dataset.class_names or ())
+        self.templates = tuple(self.spec.get("templates") or self.dataset.templates or ("{}",))
+        if not self.class_names:
+            raise ValueError(f"zeroshot evaluator: dataset {self.spec['dataset']!r} has no class "
+                             f"names; give them as the entry's class_names option")
+        self.batch_spec = {k: v for k, v in run_setup.task.batch_spec().items() if k == "image"}
+        self.batch_spec["label"] = jax.ShapeDtypeStruct((), np.int32)
+
+    def _encode_images(self, params, batch, index):
+        return {"z": self.apply(params, (batch["image"],), "encode_image"), "label": batch["label"]}
+
+    def _encode_text(self, params, tokens):
+        return self.apply(params, (tokens,), "encode_text")
+
+    def run(self, params):
+        length = self.setup.config.model.text.context_length
+        classes = class_embeddings(lambda t: self.map_rows(self._encode_text, params, t),
+                                   lambda s: self.setup.tokenizer.encode(s, length),
+                                   self.class_names, self.templates)
+        out = self.map_split(self._encode_images, params, self.batch_spec)
+        return {"top1": top1_accuracy(out["z"], out["label"], classes)}
+

@@ -68,6 +68,10 @@ class BertMlm(nn.Module):
         _, sequence = self.text(tokens, token_types)
         return self.head(gather_positions(sequence, positions), self.text.word_embeddings())
 
+    def mlm_logits(self, tokens, positions, token_types=None):
+        """The same as calling the model: the name every MLM-capable model shares."""
+        return self(tokens, positions, token_types)
+
     def encode(self, tokens, token_types=None):
         """Sequence features [b, l, e] (for sentence embeddings and parity tests)."""
         return self.text(tokens, token_types)[1]

@@ -39,8 +39,8 @@ class DualEncoder(nn.Module):
             return nn.Dense(self.embed_dim, use_bias=False, param_dtype=self.param_dtype,
                             kernel_init=logical(normal_init(width ** -0.5), ("embed", "mlp")))
 
-        self.image_proj = projection(self.image.width)
-        self.text_proj = projection(self.text.width)
+        self.image_proj = projection(self.image.opts.width)
+        self.text_proj = projection(self.text.opts.width)
         self.logit_scale = self.param("logit_scale", logical(nn.initializers.constant(self.init_logit_scale), ()),
                                       (), jnp.float32)
         if self.init_logit_bias is not None:

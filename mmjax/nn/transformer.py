@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.attention import Attention
 from mmjax.nn.init import logical, normal_init
+from mmjax.nn.options import EncoderOptions
 
 ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),
@@ -48,32 +49,24 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer. `pre_norm`: x + f(LN(x)) (CLIP/ViT); else LN(x + f(x)) (BERT)."""
+    """One transformer layer. `opts.pre_norm`: x + f(LN(x)) (CLIP/ViT); else LN(x + f(x)) (BERT)."""
 
-    num_heads: int
-    mlp_dim: int
-    pre_norm: bool = True
-    activation: str = "gelu"
-    norm_eps: float = 1e-5
-    causal: bool = False
-    fused_qkv: bool = True
-    attention: str = "auto"
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
+    opts: EncoderOptions
 
     @nn.compact
     def __call__(self, x, padding_mask):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        attn = Attention(self.num_heads, self.fused_qkv, self.attention, name="attn", **kw)
-        mlp = Mlp(self.mlp_dim, self.activation, name="mlp", **kw)
-        ln1 = layer_norm(self.norm_eps, name="ln1", **kw)
-        ln2 = layer_norm(self.norm_eps, name="ln2", **kw)
+        o = self.opts
+        kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
+        attn = Attention(o.num_heads, o.fused_qkv, o.attention, name="attn", **kw)
+        mlp = Mlp(o.mlp_dim, o.activation, name="mlp", **kw)
+        ln1 = layer_norm(o.norm_eps, name="ln1", **kw)
+        ln2 = layer_norm(o.norm_eps, name="ln2", **kw)
         x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
-        if self.pre_norm:
-            x = x + attn(ln1(x), padding_mask, self.causal)
+        if o.pre_norm:
+            x = x + attn(ln1(x), padding_mask, o.causal)
             x = x + mlp(ln2(x))
         else:
-            x = ln1(x + attn(x, padding_mask, self.causal))
+            x = ln1(x + attn(x, padding_mask, o.causal))
             x = ln2(x + mlp(x))
         return x
 
@@ -87,37 +80,23 @@ class ScannedBlock(Block):
 
 
 class Encoder(nn.Module):
-    """`depth` blocks; `scan` stacks their params on a leading 'layers' axis (fast compiles),
-    `remat` names a rematerialisation policy ('none', 'full', 'dots', 'dots_no_batch')."""
+    """`opts.depth` blocks; `opts.scan` stacks their params on a leading 'layers' axis (fast
+    compiles), `opts.remat` names a rematerialisation policy ('none', 'full', 'dots', ...)."""
 
-    depth: int
-    num_heads: int
-    mlp_dim: int
-    pre_norm: bool = True
-    activation: str = "gelu"
-    norm_eps: float = 1e-5
-    causal: bool = False
-    fused_qkv: bool = True
-    attention: str = "auto"
-    scan: bool = True
-    remat: str = "none"
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
+    opts: EncoderOptions
 
     @nn.compact
     def __call__(self, x, padding_mask=None):  # [b, l, e] -> [b, l, e]
-        kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_norm=self.pre_norm,
-                  activation=self.activation, norm_eps=self.norm_eps, causal=self.causal, fused_qkv=self.fused_qkv,
-                  attention=self.attention, dtype=self.dtype, param_dtype=self.param_dtype)
-        block = ScannedBlock if self.scan else Block
-        if self.remat != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-        if self.scan:
+        o = self.opts
+        block = ScannedBlock if o.scan else Block
+        if o.remat != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[o.remat], prevent_cse=not o.scan)
+        if o.scan:
             stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast,), length=self.depth,
+                            in_axes=(nn.broadcast,), length=o.depth,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(name="layers", **kw)(x, padding_mask)
+            x, _ = stack(o, name="layers")(x, padding_mask)
             return x
-        for i in range(self.depth):
-            x = block(name=f"layers_{i}", **kw)(x, padding_mask)
+        for i in range(o.depth):
+            x = block(o, name=f"layers_{i}")(x, padding_mask)
         return x

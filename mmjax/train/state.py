@@ -5,7 +5,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.build import init_args
 from mmjax.sharding import logical_shardings
 
 
@@ -17,9 +16,9 @@ class TrainState:
     rng: jax.Array        # base key; the step's key is fold_in(rng, step), so resume is exact
 
 
-def _init_fn(config, model, tx):
+def init_fn(task, model, tx):
     """rng -> TrainState whose params / optimizer leaves are boxed with logical axis names."""
-    method, args = init_args(config)
+    method, args = task.init_args()
 
     def init(rng):
         params_rng, train_rng = jax.random.split(rng)
@@ -29,22 +28,19 @@ def _init_fn(config, model, tx):
     return init
 
 
-def abstract_train_state(config, model, tx, mesh, rule_table):
+def abstract_train_state(init, seed, mesh, rule_table):
     """(ShapeDtypeStructs with shardings, shardings) of the state, allocating nothing."""
     with nn.logical_axis_rules(rule_table):
-        boxed = jax.eval_shape(_init_fn(config, model, tx), jax.random.PRNGKey(config.seed))
+        boxed = jax.eval_shape(init, jax.random.PRNGKey(seed))
         shardings = logical_shardings(boxed, mesh, rule_table)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             nn.unbox(boxed), shardings)
     return abstract, shardings
 
 
-def create_train_state(config, model, tx, mesh, rule_table):
-    """Returns (state, shardings). No full copy of the params ever lives on one device:
-    `jax.eval_shape` gives logical names, `jax.jit(init, out_shardings=...)` builds in place."""
-    _, shardings = abstract_train_state(config, model, tx, mesh, rule_table)
-    init = _init_fn(config, model, tx)
+def create_train_state(init, seed, shardings, rule_table):
+    """The state, written shard by shard where it lives: no full copy of the params is ever
+    on one device (`jax.jit(init, out_shardings=...)`)."""
     with nn.logical_axis_rules(rule_table):
-        state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
-            jax.random.PRNGKey(config.seed))
-    return state, shardings
+        return jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
+            jax.random.PRNGKey(seed))

@@ -1,5 +1,7 @@
 """Analytical training FLOPs of one step: the matmuls and attention the step really computes.
 
+Each task's `train_flops` adds these up; the benchmarks and MFU read them from the task.
+
 A matmul [n, k] @ [k, m] costs 2·n·k·m FLOPs forward; backward costs two more of the same
 size (input gradient and weight gradient), so training is 3x forward, except the patch
 embedding, whose input (the images) needs no gradient: 2x. One encoder layer over b
@@ -31,12 +33,16 @@ def encoder_forward(b, length, width, mlp_dim, depth):
                     + 4 * b * length * length * width)
 
 
+def mlm_head_forward(b, text, max_predictions):
+    """Forward FLOPs of the MLM head at the b·M predicted slots: transform and tied decoder."""
+    e, slots = text.width, b * max_predictions
+    return 2 * slots * e * e + 2 * slots * e * text.vocab_size
+
+
 def mlm_train_flops(b, text, max_predictions):
     """BERT masked-LM step: encoder plus the head at the predicted slots, all 3x."""
-    e, slots = text.width, b * max_predictions
-    forward = (encoder_forward(b, text.context_length, e, text.mlp_dim, text.depth)
-               + 2 * slots * e * e + 2 * slots * e * text.vocab_size)
-    return 3 * forward
+    return 3 * (encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth)
+                + mlm_head_forward(b, text, max_predictions))
 
 
 def clip_train_flops(b, image, text, image_size, channels, embed_dim):
@@ -48,14 +54,3 @@ def clip_train_flops(b, image, text, image_size, channels, embed_dim):
                + 2 * b * (image.width + text.width) * embed_dim + 4 * b * b * embed_dim)
     patch_embed = 2 * b * patches * image.patch_size ** 2 * channels * image.width
     return 3 * forward + 2 * patch_embed
-
-
-def train_flops(config):
-    """FLOPs of one train step of `config` (tasks 'mlm' and 'clip')."""
-    m, b = config.model, config.train.batch_size
-    if config.task == "mlm":
-        return mlm_train_flops(b, m.text, m.mlm.max_predictions)
-    if config.task == "clip":
-        return clip_train_flops(b, m.image, m.text, config.data.image_size,
-                                config.data.image_channels, m.embed_dim)
-    raise ValueError(f"no FLOPs formula for task {config.task!r}; known: 'mlm', 'clip'")

@@ -1,0 +1,84 @@
+"""What every evaluator shares: its dataset streamed in batches sharded over the mesh."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mmjax import sharding
+from mmjax.data import pipeline, sources
+
+
+class Evaluator:
+    """Base class: `run(params) -> {metric: float}`, the same on every process.
+
+    `spec` is the config entry (type, dataset, split, every, batch_size, seed, options);
+    `run_setup` the train.setup.Run (task, model, tokenizer, mesh, rules).
+    """
+
+    def __init__(self, run_setup, spec, data_dir):
+        self.setup, self.spec, self.data_dir = run_setup, dict(spec), data_dir
+        self.every = int(self.spec["every"])
+        self.dataset = sources.get(self.spec["dataset"])
+        self._compiled = {}
+
+    def run(self, params) -> dict:
+        raise NotImplementedError
+
+    def apply(self, params, inputs, method):
+        """`model.apply` of the run's model (inside jitted functions)."""
+        return self.setup.model.apply({"params": params}, *inputs, method=method)
+
+    def _jit(self, fn, key=None):
+        """fn jitted with a replicated output, traced under the mesh and rules (cached by key)."""
+        key = fn if key is None else key
+        if key not in self._compiled:
+            mesh = self.setup.mesh
+            jitted = jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
+
+            def call(*args):
+                with jax.set_mesh(mesh), nn.logical_axis_rules(self.setup.rules):
+                    return jitted(*args)
+            self._compiled[key] = call
+        return self._compiled[key]
+
+    def _pad_to(self):
+        """Rows of a process's batch must split over its devices on the batch axes."""
+        mesh = self.setup.mesh
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        return max(1, shards // jax.process_count())
+
+    def map_split(self, fn, params, spec, split=None, batch_size=None):
+        """{key: numpy [n, ...]} of `fn(params, batch, index) -> {key: [b, ...]}` over every
+        example of the split, in the order the global batches hold them.
+
+        Each process reads and feeds only its share of each global batch; the outputs are
+        gathered once per batch. `spec` is the batch spec (keys, per-example shapes)."""
+        def with_valid(params, batch, index):
+            return fn(params, batch, index) | {"_valid": batch["_valid"]}
+
+        step = self._jit(with_valid, key=("split", fn))
+        outputs = []
+        batches = pipeline.eval_batches(
+            self.spec["dataset"], data_dir=self.data_dir, split=split or self.spec["split"],
+            spec=spec, tokenizer=self.setup.tokenizer,
+            batch_size=max(1, (batch_size or self.spec["batch_size"]) // jax.process_count()),
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            pad_to=self._pad_to())
+        for index, (local, valid) in enumerate(batches):
+            batch = sharding.global_batch(local | {"_valid": valid}, self.setup.mesh)
+            outputs.append(jax.device_get(step(params, batch, np.int32(index))))
+        merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+        valid = merged.pop("_valid")
+        return {k: v[valid] for k, v in merged.items()}
+
+    def map_rows(self, fn, params, rows):
+        """fn(params, rows) on a host array that every process holds whole (class prompts),
+        split over the mesh's batch axes; returns numpy."""
+        mesh = self.setup.mesh
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        n = len(rows)
+        padded = np.concatenate([rows, np.repeat(rows[:1], -n % shards, axis=0)])
+        array = jax.make_array_from_callback(padded.shape, sharding.batch_sharding(mesh),
+                                             lambda index: padded[index])
+        return np.asarray(jax.device_get(self._jit(fn)(params, array)))[:n]

@@ -1,0 +1,79 @@
+"""A tower's options as one frozen object: the encoder stack, the ViT and the text tower.
+
+Modules take one of these instead of a dozen fields passed on positionally, so a new
+architecture switch is one field here and one line where it is used. `from_config` reads
+them from `config.model` (tower keys + the compute keys every tower shares).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# Keys of `config.model` that say how every tower computes, not what it is.
+COMPUTE_KEYS = ("dtype", "param_dtype", "scan", "remat", "attention", "fused_qkv")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EncoderOptions:
+    """A stack of `depth` transformer blocks (width comes from the input)."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    pre_norm: bool = True        # x + f(LN(x)) (CLIP/ViT); else LN(x + f(x)) (BERT)
+    activation: str = "gelu"     # a key of nn.transformer.ACTIVATIONS
+    norm_eps: float = 1e-5
+    causal: bool = False
+    fused_qkv: bool = True       # one [e, 3, h, d] kernel, or separate q/k/v kernels
+    attention: str = "auto"      # backend of nn.attention.dot_product_attention
+    scan: bool = True            # params stacked on a leading 'layers' axis
+    remat: str = "none"          # 'none' | 'full' | 'dots' | 'dots_no_batch'
+    dtype: Any = jnp.float32     # compute
+    param_dtype: Any = jnp.float32
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTOptions(EncoderOptions):
+    """Vision transformer: patch embedding, class token or mean pooling."""
+
+    patch_size: int
+    width: int
+    pool: str = "cls"            # 'cls' | 'mean'
+    ln_pre: bool = True
+    patch_bias: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextOptions(EncoderOptions):
+    """Text transformer, CLIP-style (causal, EOT pooling) or BERT-style (post-LN, [CLS])."""
+
+    vocab_size: int
+    context_length: int
+    width: int
+    causal: bool = True
+    pool: str = "eot"            # 'eot' (largest id) | 'first'
+    embed_norm: bool = False
+    final_norm: bool = True
+    type_vocab_size: int = 0
+    pad_id: int = 0
+
+
+def compute(model_config) -> dict:
+    """The compute keys of `config.model`, dtypes as numpy dtypes."""
+    c = {k: model_config[k] for k in COMPUTE_KEYS}
+    return c | dict(dtype=jnp.dtype(c["dtype"]), param_dtype=jnp.dtype(c["param_dtype"]))
+
+
+def from_config(model_config, tower: str):
+    """ViTOptions ('image') or TextOptions ('text') of `config.model`."""
+    cls = {"image": ViTOptions, "text": TextOptions}[tower]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(model_config[tower]) - fields
+    if unknown:
+        raise ValueError(f"model.{tower} has keys no tower option takes: {sorted(unknown)}; "
+                         f"valid: {sorted(fields - set(COMPUTE_KEYS))}")
+    return cls(**model_config[tower], **compute(model_config))

@@ -1,0 +1,80 @@
+"""One run setup: config -> Run (task, mesh, rules, model, optimizer, abstract state, shardings).
+
+Training, evaluation, export/import, the benchmarks and the tests all start here, so the
+sequence mesh -> rules -> model -> optimizer -> abstract state is written once.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+
+from mmjax import sharding, tasks
+from mmjax.config import ConfigError
+from mmjax.data import sources
+from mmjax.data.tokenizers import get_tokenizer
+from mmjax.optim import make_optimizer
+from mmjax.train.state import abstract_train_state, create_train_state, init_fn
+from mmjax.train.step import make_train_step
+
+
+@dataclasses.dataclass
+class Run:
+    config: Any
+    task: Any
+    tokenizer: Any
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    model: Any
+    tx: Any
+    lr_schedule: Any
+    abstract_state: Any    # ShapeDtypeStructs with shardings
+    state_shardings: Any
+
+    def init_state(self):
+        """A fresh state, born sharded."""
+        init = init_fn(self.task, self.model, self.tx)
+        return create_train_state(init, self.config.seed, self.state_shardings, self.rules)
+
+    def train_step(self):
+        """The jitted train step of this run (see train/step.py)."""
+        return make_train_step(self.task, self.model, self.tx, self.lr_schedule, self.mesh,
+                               self.rules, self.state_shardings)
+
+
+def prepare_data(config, data_dir):
+    """Builds the datasets the config names and its tokenizer on first use (process 0 first,
+    then the others, so a shared filesystem is written once); returns the tokenizer."""
+    names = set(config.data.datasets) | set(config.data.get("tokenizer_data") or ())
+    names |= {spec["dataset"] for spec in config.get("evals", {}).values() if "dataset" in spec}
+    tokenizer = None
+    for first in (True, False):
+        if (jax.process_index() == 0) == first:
+            for name in sorted(names):
+                sources.get(name).prepare(data_dir)
+            tokenizer = get_tokenizer(config.data.tokenizer, data_dir,
+                                      config.data.get("tokenizer_data") or config.data.datasets)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"mmjax_prepare_data_{first}")
+    if tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size} tokens but "
+                          f"model.text.vocab_size={config.model.text.vocab_size}; raise the latter")
+    return tokenizer
+
+
+def setup(config, *, data_dir=None, tokenizer=None, devices=None, mesh=None, check_batch=True) -> Run:
+    """The Run of `config` on `mesh`, else on a mesh of `config.mesh` over `devices` (default:
+    all). The tokenizer comes from `tokenizer`, else from the data in `data_dir` (built on
+    first use); None for shape-only uses."""
+    mesh = mesh or sharding.make_mesh(config.mesh, devices=devices)
+    if check_batch:
+        sharding.check_batch_size(config.train.batch_size, mesh)
+    rule_table = sharding.rules(config.get("sharding"))
+    if tokenizer is None and data_dir is not None:
+        tokenizer = prepare_data(config, data_dir)
+    task = tasks.get(config, tokenizer)
+    model = task.build_model()
+    tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
+    abstract, shardings = abstract_train_state(init_fn(task, model, tx), config.seed, mesh, rule_table)
+    return Run(config, task, tokenizer, mesh, rule_table, model, tx, lr_schedule, abstract, shardings)
