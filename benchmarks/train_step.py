@@ -7,7 +7,7 @@ Builds the model and optimizer from the config, compiles the jitted step ahead o
 warms up, then times `--steps` steady-state steps one by one (the next synthetic batch is
 put on the device while the step runs) and measures the machine's matmul peak (jitted n×n
 float32 and bfloat16 matmuls) in the same process. Prints one JSON line; MFU = achieved
-FLOP/s (benchmarks/flops.py) / measured peak of the compute dtype.
+FLOP/s (the task's `train_flops`, mmjax/flops.py) / measured peak of the compute dtype.
 
 --peers runs mmjax and each installed peer (benchmarks/peers.py) in fresh processes, in
 alternating order for `--rounds` rounds so machine noise hits all of them, and prints one

@@ -24,6 +24,7 @@ CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
   mmjax eval --workdir {workdir}
 """
 
+import ml_collections
 
 
 def get_config():

@@ -189,3 +189,21 @@ def test_bfloat16_compute_keeps_float32_params():
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
     seq = model.apply({"params": params}, tokens, method=lambda m, t: m.text(t)[1])
     assert seq.dtype == jnp.bfloat16
+
+
+def test_presets_and_options_from_config():
+    from mmjax.config import defaults
+    from mmjax.nn import options, presets
+    assert presets.image("B/16") == dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16)
+    assert presets.text("bert", "B")["pre_norm"] is False and presets.text("clip", "B")["width"] == 512
+    with pytest.raises(ValueError, match="valid: Ti, S, M, B, L, H"):
+        presets.image("Q/16")
+    c = defaults()
+    c.model.image.update(presets.image("S/16"))
+    c.model.dtype = "bfloat16"
+    vit = options.from_config(c.model, "image")
+    assert (vit.width, vit.depth, vit.patch_size, vit.dtype) == (384, 12, 16, jnp.bfloat16)
+    assert vit.replace(depth=2).depth == 2 and vit.depth == 12   # frozen: replace copies
+    c.model.text.colour = "red"
+    with pytest.raises(ValueError, match="model.text has keys no tower option takes: \\['colour'\\]"):
+        options.from_config(c.model, "text")

@@ -92,3 +92,21 @@ def test_bfloat16_compute_with_float32_params_trains():
     _, f32 = _train_fixed_batch(configs["float32"], 40)
     assert bf16[-1] < 0.3 * bf16[0], bf16
     assert abs(bf16[-1] - f32[-1]) < 0.1 * f32[0], (bf16[-1], f32[-1])
+
+
+def test_a_non_finite_update_is_skipped_and_counted():
+    config = tiny_config("clip")
+    mesh, _, state, step = _setup(config)
+    good = tiny_batch(config)
+    bad = {**good, "image": np.full_like(good["image"], np.nan)}
+    before = jax.device_get(state.params)
+    state, metrics = step(state, sharding.global_batch(bad, mesh))
+    assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_steps"]) == 1
+    after = jax.device_get(state.params)
+    assert int(state.step) == 1
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    state, metrics = step(state, sharding.global_batch(good, mesh))
+    assert int(metrics["skipped_steps"]) == 0 and np.isfinite(float(metrics["loss"]))
+    moved = jax.device_get(state.params)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(before)))

@@ -84,9 +84,14 @@ class StreamLoader:
     def _walk(self, start):
         epoch = start[0]
         while self._num_epochs is None or epoch < self._num_epochs:
+            index = -1
             for index, record in enumerate(self._source):
                 if index % self._count == self._p and (epoch, index) >= tuple(start):
                     yield (epoch, index), record
+            if index < 0:
+                raise ValueError(f"streamed source {self._source!r} gave no records in epoch {epoch}: "
+                                 f"a dataset's source must be an iterable that can be walked again "
+                                 f"(not a generator that is used up)")
             epoch += 1
 
     def __iter__(self):
