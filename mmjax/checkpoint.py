@@ -72,6 +72,10 @@ def data_state_for(saved, process_index, process_count):
     if len(states) == process_count:
         return states[process_index].encode()
     parsed = [json.loads(s) for s in states]
+    if any("stream_position" in s for s in parsed):
+        raise CheckpointError(f"the checkpoint's data position is in a streamed dataset read by "
+                              f"{len(states)} processes; it resumes only on {len(states)} "
+                              f"processes (this job has {process_count})")
     if any(s["worker_count"] != 0 for s in parsed):
         raise CheckpointError(f"the checkpoint's data position was written by {len(states)} processes "
                               f"with grain worker processes; it can only resume on {len(states)} "

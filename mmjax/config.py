@@ -192,7 +192,13 @@ def defaults() -> ml_collections.ConfigDict:
     # max_skipped_steps in a row stop the run (its checkpoints hold finite parameters).
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,
                    weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0,
-                   skip_nonfinite=True, max_skipped_steps=10)
+                   skip_nonfinite=True, max_skipped_steps=10,
+                   # Which params train and how fast (mmjax/param_groups.py): path patterns
+                   # ('image/*') that stay frozen, layer-wise decay (rate x decay**(depth -
+                   # layer)), a rate factor for `head` patterns, only the top k layers of
+                   # each tower, one more layer every `unfreeze_every` steps (0: off).
+                   frozen=(), layer_decay=1.0, head=(), head_lr_mult=1.0,
+                   trainable_top_layers=0, unfreeze_every=0)
     # Evaluators: {name: dict(type=..., dataset=..., split=..., every=..., batch_size=...)}
     # (types in mmjax.eval.EVALUATORS); empty: the task's defaults. `eval` holds the
     # defaults of every entry (every: train.eval_every).

@@ -3,6 +3,8 @@
 import jax
 import optax
 
+from mmjax import param_groups
+
 # Weight decay applies to matrices only: kernels ('kernel', 'qkv_kernel', ...) and token
 # embedding tables ('embedding'). Biases, norms, position embeddings ('pos_embedding'), the
 # class token and the logit scale/bias are left alone. Decided by name, not rank, because
@@ -46,18 +48,30 @@ OPTIMIZERS = {
 NEVER = 2 ** 31 - 1
 
 
-def make_optimizer(optim_config, total_steps):
+def make_optimizer(optim_config, total_steps, model_config=None):
     """Returns (optax transform, learning-rate schedule).
 
-    With `skip_nonfinite`, an update whose gradients hold a NaN or inf is skipped (the
-    params and moments stay as they were) and counted; the train loop stops the run when
-    more than `max_skipped_steps` in a row are skipped."""
+    `frozen` patterns: those params get no update, no optimizer state and no weight decay
+    (`optax.multi_transform` with `set_to_zero`). Layer-wise decay, a head rate, training
+    only the top layers and gradual unfreezing scale the update per leaf (param_groups.py;
+    they need `model_config` for the towers' depths). With `skip_nonfinite`, an update whose
+    gradients hold a NaN or inf is skipped (params and moments stay as they were) and
+    counted; the train loop stops the run when more than `max_skipped_steps` in a row are."""
     c = optim_config
     if c.name not in OPTIMIZERS:
         raise ValueError(f"optim.name {c.name!r} unknown; valid: {', '.join(OPTIMIZERS)}")
     lr = schedule(c, total_steps)
     chain = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm else []
-    tx = optax.chain(*chain, OPTIMIZERS[c.name](c, lr))
+    chain.append(OPTIMIZERS[c.name](c, lr))
+    if param_groups.is_scaled(c):
+        if model_config is None:
+            raise ValueError("layer-wise rates and top-layer training need the model config")
+        chain.append(param_groups.scale_by_layers(c, model_config))
+    tx = optax.chain(*chain)
+    if c.get("frozen", ()):
+        patterns = tuple(c.frozen)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: param_groups.frozen_labels(params, patterns))
     if c.get("skip_nonfinite", True):
         tx = optax.apply_if_finite(tx, max_consecutive_errors=NEVER)
     return tx, lr

@@ -6,6 +6,7 @@ import os
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -86,8 +87,16 @@ def rules(sharding_config=None):
 
 
 def logical_shardings(boxed_tree, mesh, rule_table):
-    """NamedShardings for a tree whose leaves carry logical names (`nn.LogicallyPartitioned`)."""
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rule_table)
+    """NamedShardings for a tree whose leaves carry logical names (`nn.LogicallyPartitioned`).
+
+    Empty optax `MaskedNode`s (the optimizer state of frozen params) stay as they are."""
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rule_table)
+
+    def masked(box):
+        return isinstance(nn.unbox(box), optax.MaskedNode)
+
+    return jax.tree.map(lambda b, s: optax.MaskedNode() if masked(b) else s, boxed_tree, shardings,
+                        is_leaf=lambda x: isinstance(x, (nn.Partitioned, optax.MaskedNode)))
 
 
 def batch_sharding(mesh) -> NamedSharding:

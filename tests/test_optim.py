@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mmjax.config import defaults
 from mmjax.optim import decay_mask, make_optimizer, schedule
@@ -46,3 +47,90 @@ def test_adamw_decays_kernels_not_biases_and_clips():
     big = {"kernel": 100 * jnp.ones((2, 2)), "bias": 100 * jnp.ones((2,))}
     clipped, _ = optax.clip_by_global_norm(1.0).update(big, None)
     assert abs(float(optax.tree.norm(clipped)) - 1.0) < 1e-5
+
+
+def _mlm_params(scan, depth=3):
+    """Zero params of a tiny BERT (text tower of `depth` blocks + MLM head), scanned or not."""
+    from mmjax import tasks
+    from tiny_configs import TOKENIZER, tiny_config
+    import flax.linen as nn
+    config = tiny_config("mlm")
+    config.model.scan = scan
+    config.model.text.depth = depth
+    task = tasks.get(config, TOKENIZER)
+    method, args = task.init_args()
+    shapes = jax.eval_shape(lambda: nn.unbox(task.build_model().init(jax.random.PRNGKey(0), *args,
+                                                                      method=method))["params"])
+    return config, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _sgd(config, **optim):
+    c = config.optim
+    c.update(name="sgd", lr=1.0, warmup_steps=0, decay="constant", clip_norm=0.0, **optim)
+    return make_optimizer(c, 10, config.model)[0]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_wise_decay_by_hand_for_three_layers(scan):
+    """SGD at rate 1 on gradients of ones: each update is -decay**(depth - layer)."""
+    config, params = _mlm_params(scan)
+    tx = _sgd(config, layer_decay=0.5, head=("head/*",), head_lr_mult=3.0)
+    ones = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(ones, tx.init(params), params)
+    text = updates["text"]
+    np.testing.assert_array_equal(text["token_embed"]["embedding"], -0.125)   # layer 0: 0.5**3
+    np.testing.assert_array_equal(text["ln_embed"]["scale"], -0.125)
+    fc1 = ([text["encoder"]["layers"]["mlp"]["fc1"]["kernel"][i] for i in range(3)] if scan else
+           [text["encoder"][f"layers_{i}"]["mlp"]["fc1"]["kernel"] for i in range(3)])
+    for block, want in zip(fc1, (-0.25, -0.5, -1.0)):                         # blocks 0, 1, 2
+        np.testing.assert_array_equal(block, want)
+    np.testing.assert_array_equal(updates["head"]["transform"]["kernel"], -3.0)  # the head rate
+
+
+def test_top_layers_then_gradual_unfreezing():
+    config, params = _mlm_params(scan=True)
+    tx = _sgd(config, trainable_top_layers=1, unfreeze_every=2)
+    ones = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    trained = []
+    for _ in range(8):
+        updates, state = tx.update(ones, state, params)
+        per_block = updates["text"]["encoder"]["layers"]["mlp"]["fc1"]["kernel"]
+        trained.append([bool(np.any(per_block[i])) for i in range(3)]
+                       + [bool(np.any(updates["text"]["token_embed"]["embedding"]))])
+    # steps 0-1: the top block; 2-3: two; 4-5: all three; 6-: the embeddings too
+    assert trained[0] == trained[1] == [False, False, True, False]
+    assert trained[2] == [False, True, True, False] and trained[4] == [True, True, True, False]
+    assert trained[6] == [True, True, True, True]
+    assert np.all(updates["head"]["transform"]["kernel"] == -1.0)   # heads always train
+
+
+def test_a_frozen_tower_is_bitwise_unchanged_and_has_no_optimizer_state(tmp_path):
+    from mmjax import sharding
+    from mmjax.checkpoint import Checkpointer
+    from mmjax.train.setup import setup
+    from tiny_configs import TOKENIZER, tiny_batch, tiny_config
+    config = tiny_config("clip")
+    config.optim.update(frozen=("image/*",), weight_decay=0.1)
+    run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:1])
+    state = run.init_state()
+    before = jax.device_get(state.params)
+    step = run.train_step()
+    for i in range(3):
+        state, _ = step(state, sharding.global_batch(tiny_batch(config, seed=i), run.mesh))
+    after = jax.device_get(state.params)
+    for a, b in zip(jax.tree.leaves(after["image"]), jax.tree.leaves(before["image"])):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(after["text"]), jax.tree.leaves(before["text"])))
+    n_image = sum(x.size for x in jax.tree.leaves(before["image"]))
+    n_all = sum(x.size for x in jax.tree.leaves(before))
+    n_state = sum(x.size for x in jax.tree.leaves(state.opt_state))
+    assert n_state < 2 * (n_all - n_image) + 100   # AdamW moments for the trainable part only
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), config)   # ... and it checkpoints exactly
+    ckpt.save(3, state, b'{"position": 3}')
+    ckpt.wait()
+    restored = ckpt.restore(run.abstract_state)
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored.state)), jax.tree.leaves(jax.device_get(state))):
+        np.testing.assert_array_equal(a, b)

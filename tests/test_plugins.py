@@ -209,3 +209,11 @@ def test_a_run_whose_updates_are_all_non_finite_stops_and_keeps_finite_checkpoin
     saved = jax.device_get(restored.state.params)
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)   # skipped updates never touched the params
+
+
+def test_a_streamed_position_resumes_only_on_as_many_processes():
+    from mmjax.checkpoint import CheckpointError, data_state_for
+    states = [_stream(p, 2).get_state().decode() for p in range(2)]
+    assert data_state_for({"iterators": states}, 1, 2) == states[1].encode()
+    with pytest.raises(CheckpointError, match="streamed dataset read by 2 processes"):
+        data_state_for({"iterators": states}, 0, 4)

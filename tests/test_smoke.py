@@ -110,3 +110,9 @@ def test_two_processes_log_the_same_losses_as_one(tmp_path, data_dir):
     two = [r["train/loss"] for r in _records(str(tmp_path / "two")) if "train/loss" in r]
     assert len(one) == len(two) == 5
     assert one == pytest.approx(two, rel=1e-5)
+    # The final evaluation, each process encoding its share, scores as the single process
+    # does (a class decision may flip on float rounding: at most one of 1,000 examples).
+    evals = [_final_eval(str(tmp_path / run)) for run in ("one", "two")]
+    assert evals[0].keys() == evals[1].keys() and "eval/zeroshot/top1" in evals[0]
+    for key in evals[0]:
+        assert evals[0][key] == pytest.approx(evals[1][key], abs=1e-3), key

@@ -78,7 +78,7 @@ class StreamLoader:
         self._source, self._seed, self._num_epochs = source, seed, num_epochs
         *self._ops, self._batch = operations
         self._p, self._count = process_index, process_count
-        self._position = 0
+        self._position = (0, 0)
         self._records = self._walk((0, 0))
 
     def _walk(self, start):
@@ -125,7 +125,9 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
 
     Process p reads records p, p + P, ...; every process yields the same number of batches
     of `batch_size` rows (rounded up to a multiple of `pad_to`), the last ones padded with
-    copies of the first row and valid=False, so a global batch always fills the mesh.
+    copies of the first row and valid=False, so a global batch always fills the mesh. The
+    batch also holds '_index' (int32 [b]): each row's position in the split, so per-example
+    randomness (eval masking) does not depend on the batch size or the process count.
     Records are read batch by batch, never the whole split at once.
     """
     dataset = sources.get(name)
@@ -135,19 +137,24 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     if dataset.random_access:
         source = dataset.source(data_dir, split)
         total = len(source)
-        mine = (source[i] for i in range(process_index, total, process_count))
+        indices = range(process_index, total, process_count)
+        mine = (source[i] for i in indices)
     else:
-        records = list(enumerate(dataset.records(data_dir, split)))  # a streamed split: count it
-        total = len(records)
-        mine = (r for i, r in records if i % process_count == process_index)
+        total = sum(1 for _ in dataset.records(data_dir, split))  # a streamed split: count it
+        indices = range(process_index, total, process_count)
+        mine = (r for i, r in enumerate(dataset.records(data_dir, split))
+                if i % process_count == process_index)
     num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
-    examples, pad = transforms.apply(ops, mine), None
+    examples, pad, position = transforms.apply(ops, mine), None, 0
     for _ in range(num_batches):
         chunk = [e for _, e in zip(range(batch_size), examples)]
         valid = np.arange(batch_size) < len(chunk)
+        index = np.zeros(batch_size, np.int32)
+        index[:len(chunk)] = indices[position:position + len(chunk)]
+        position += len(chunk)
         if pad is None:  # any real example: padding rows copy it (and are ignored)
             pad = chunk[0] if chunk else next(transforms.apply(ops, iter(dataset.records(data_dir, split))))
-        yield collate(chunk + [pad] * (batch_size - len(chunk))), valid
+        yield collate(chunk + [pad] * (batch_size - len(chunk))) | {'_index': index}, valid
 
 
 def train_batches(run, data_dir, process_index, process_count):

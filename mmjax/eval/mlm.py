@@ -24,9 +24,9 @@ def masked_accuracy(predictions, labels, weights, baseline_token):
 
 @EVALUATORS.register("mlm")
 class MaskedLM(Evaluator):
-    """Accuracy of the model's `mlm_logits` at BERT-masked positions of a text split (batch i
-    masked with fold_in(PRNGKey(seed), i)), and the most-frequent-token baseline counted on
-    the dataset's train split."""
+    """Accuracy of the model's `mlm_logits` at BERT-masked positions of a text split (example
+    i masked with fold_in(PRNGKey(seed), i), whatever the batch size or process count), and
+    the most-frequent-token baseline counted on the dataset's train split."""
 
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
@@ -45,8 +45,10 @@ class MaskedLM(Evaluator):
         return int(np.argmax(counts))
 
     def _predict(self, params, batch, index):
-        rng = jax.random.fold_in(jax.random.PRNGKey(self.spec["seed"]), index)
-        masked = self.mask(rng, batch["text"])
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            jax.random.PRNGKey(self.spec["seed"]), batch["_index"])
+        masked = jax.vmap(lambda key, row: jax.tree.map(lambda x: x[0], self.mask(key, row[None])))(
+            keys, batch["text"])
         logits = self.apply(params, (masked["inputs"], masked["positions"]), "mlm_logits")
         return {"pred": logits.argmax(-1), "labels": masked["labels"], "weights": masked["weights"]}
 

@@ -75,6 +75,6 @@ def setup(config, *, data_dir=None, tokenizer=None, devices=None, mesh=None, che
         tokenizer = prepare_data(config, data_dir)
     task = tasks.get(config, tokenizer)
     model = task.build_model()
-    tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
+    tx, lr_schedule = make_optimizer(config.optim, config.train.steps, config.model)
     abstract, shardings = abstract_train_state(init_fn(task, model, tx), config.seed, mesh, rule_table)
     return Run(config, task, tokenizer, mesh, rule_table, model, tx, lr_schedule, abstract, shardings)
