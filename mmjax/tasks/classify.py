@@ -1,0 +1,65 @@
+"""Classification on one tower: a linear head on pooled image or text features (fine-tuning)."""
+
+import jax
+import numpy as np
+import optax
+
+from mmjax import flops
+from mmjax.nn import options
+from mmjax.nn.classifier import Classifier
+from mmjax.nn.text import TextTransformer
+from mmjax.nn.vit import ViT
+from mmjax.tasks import TASKS
+from mmjax.tasks.base import ExampleTerm, Task
+
+
+@TASKS.register("classify")
+class Classify(Task):
+    """`model.classify.tower` ('image' | 'text') + a zero-initialised linear head over
+    `model.classify.num_classes`; softmax cross-entropy on the dataset's labels."""
+
+    def _tower(self):
+        tower = self.config.model.classify.tower
+        if tower not in ("image", "text"):
+            raise ValueError(f"model.classify.tower={tower!r}; valid: 'image', 'text'")
+        return tower
+
+    def build_model(self):
+        m, tower = self.config.model, self._tower()
+        module = {"image": ViT, "text": TextTransformer}[tower](options.from_config(m, tower))
+        return Classifier(m.classify.num_classes, param_dtype=np.dtype(m.param_dtype), **{tower: module})
+
+    def batch_spec(self):
+        d, m = self.config.data, self.config.model
+        inputs = (jax.ShapeDtypeStruct((d.image_size, d.image_size, d.image_channels), np.float32)
+                  if self._tower() == "image" else
+                  jax.ShapeDtypeStruct((m.text.context_length,), np.int32))
+        return {self._tower(): inputs, "label": jax.ShapeDtypeStruct((), np.int32)}
+
+    def init_args(self, batch_size=1):
+        return "__call__", (self.example_batch(batch_size)[self._tower()],)
+
+    def loss_terms(self, model, mesh):
+        key = self._tower()
+
+        def cross_entropy(params, batch, rng):
+            logits = model.apply({"params": params}, batch[key]).astype(np.float32)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return loss, {"accuracy": (logits.argmax(-1) == batch["label"]).mean()}
+
+        return {"classify": ExampleTerm(cross_entropy)}
+
+    def default_evals(self):
+        return {"classify": dict(type="classify", dataset=self.config.data.datasets[0])}
+
+    def train_flops(self):
+        m, d, b = self.config.model, self.config.data, self.config.train.batch_size
+        if self._tower() == "text":
+            t = m.text
+            forward = flops.encoder_forward(b, t.context_length, t.width, t.mlp_dim, t.depth)
+            return 3 * (forward + 2 * b * t.width * m.classify.num_classes)
+        i = m.image
+        patches = (d.image_size // i.patch_size) ** 2
+        forward = flops.encoder_forward(b, patches + (i.pool == "cls"), i.width, i.mlp_dim, i.depth)
+        patch_embed = 2 * b * patches * i.patch_size ** 2 * d.image_channels * i.width
+        return 3 * (forward + 2 * b * i.width * m.classify.num_classes) + 2 * patch_embed

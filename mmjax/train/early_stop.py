@@ -1,0 +1,65 @@
+"""Early stopping on a validation metric: keeps the best parameters and says which step.
+
+`config.train.early_stop`: `metric` (a key the evaluators write, e.g.
+'eval/classify/accuracy'; '' for off), `mode` ('max' | 'min'), `patience` (evaluations
+without improvement before stopping; 0: never stop, only keep the best). The best params go
+to WORKDIR/best (an `mmjax export --format params` dir: `config.init.source` takes it) and
+WORKDIR/best.json records the step, the value and the count since; a resumed run reads it.
+"""
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+BEST_DIR, BEST_FILE = "best", "best.json"
+
+
+class EarlyStopping:
+    def __init__(self, config, workdir):
+        c = config.train.get("early_stop", {})
+        self.metric, self.mode, self.patience = c.get("metric", ""), c.get("mode", "max"), c.get("patience", 0)
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"train.early_stop.mode={self.mode!r}; valid: 'max', 'min'")
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        self.record = {"step": None, "value": None, "since": 0, "stopped": False}
+        path = os.path.join(self.workdir, BEST_FILE)
+        if self.metric and os.path.exists(path):
+            with open(path) as f:
+                self.record = json.load(f)
+
+    @property
+    def enabled(self):
+        return bool(self.metric)
+
+    def update(self, step, results, params) -> bool:
+        """Records an evaluation; saves params when they are the best so far. True: stop now."""
+        if not self.enabled or self.metric not in results:
+            return False
+        value, best = float(results[self.metric]), self.record["value"]
+        better = best is None or (value > best if self.mode == "max" else value < best)
+        if better:
+            self._save(params)
+            self.record.update(step=step, value=value, since=0)
+        else:
+            self.record["since"] += 1
+        stop = bool(self.patience) and self.record["since"] >= self.patience
+        self.record["stopped"] = stop
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, BEST_FILE), "w") as f:
+                json.dump(self.record | {"metric": self.metric, "mode": self.mode}, f)
+        return stop
+
+    def _save(self, params):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(self.workdir, BEST_DIR, "params"), params, force=True)
+        checkpointer.wait_until_finished()
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, BEST_DIR, "config.json"), "w") as f:
+                f.write(self.config.to_json(indent=2))
+
+    def summary(self) -> str:
+        r = self.record
+        return (f"best {self.metric} {r['value']:.4f} at step {r['step']} (params in "
+                f"{os.path.join(self.workdir, BEST_DIR)})" if r["step"] is not None else "no best yet")

@@ -1,0 +1,74 @@
+"""Start a run from another run's parameters: a workdir, an `mmjax export --format params` dir
+or a safetensors export (an `mmjax import`ed open_clip / BERT is a workdir).
+
+`config.init`: `source` (the path; '' for none), `load` (patterns of the source's parameter
+names to take, fnmatch: 'image/*' is the image tower), `rename` ((source prefix, this
+model's prefix) pairs, e.g. (('text/', 'text/'),)). Layouts are converted (scan / unrolled,
+fused / separate q,k,v); a name this model lacks or a shape that differs is refused with
+the parameter names. Everything not loaded keeps its fresh initialisation.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from mmjax import export
+from mmjax.config import ConfigError
+from mmjax.convert import layout
+from mmjax.param_groups import matches
+
+
+class InitError(ConfigError):
+    """`config.init` names parameters that cannot be loaded; the message names them."""
+
+
+def read_source(source):
+    """Canonical {name: numpy} of the params at `source` (newest checkpoint of a workdir)."""
+    if os.path.isdir(os.path.join(source, "checkpoints")):
+        _, _, params = export.read_checkpoint(source)
+    elif os.path.isdir(os.path.join(source, export.PARAMS_DIR)):
+        _, params = export.load_params(source)
+    elif source.endswith(".safetensors") and os.path.isfile(source):
+        _, params = export.load_safetensors(source)
+    else:
+        raise FileNotFoundError(f"init.source={source!r} is neither a workdir (checkpoints/), an "
+                                f"`mmjax export --format params` dir nor a .safetensors file")
+    return layout.canonical(layout.flatten(params))
+
+
+def select(flat, patterns, rename):
+    """The entries whose names match `patterns`, with source prefixes renamed."""
+    out = {}
+    for name, x in flat.items():
+        if not matches(name, patterns):
+            continue
+        for old, new in rename:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name] = x
+    if not out:
+        raise InitError(f"init.load={tuple(patterns)} matches none of the source's parameters "
+                         f"(they start with: {', '.join(sorted({n.split('/')[0] for n in flat}))})")
+    return out
+
+
+def load_into(run, state):
+    """(state with the source's params loaded, a line saying what was loaded)."""
+    c = run.config.init
+    chosen = select(read_source(c.source), tuple(c.load), tuple(tuple(r) for r in c.rename))
+    params = layout.model_layout(chosen, run.config.model)
+    current = layout.flatten(state.params)
+    unknown = sorted(set(params) - set(current))
+    if unknown:
+        raise InitError(f"init.source has parameters this model does not have: "
+                         f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}; "
+                         f"narrow init.load or map names with init.rename")
+    try:
+        layout.check_shapes(params, {n: x.shape for n, x in current.items()})
+    except ValueError as e:
+        raise InitError(f"init.source={c.source!r}: {e}") from None
+    merged = {n: (np.asarray(params[n], x.dtype) if n in params else x) for n, x in current.items()}
+    new = jax.device_put(layout.unflatten(merged), run.state_shardings.params)
+    return state.replace(params=new), f"{len(params)} of {len(current)} parameter arrays from {c.source}"
