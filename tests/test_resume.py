@@ -236,3 +236,28 @@ def test_two_processes_agree_on_a_step_save_on_sigterm_and_resume_exactly(tmp_pa
     output = _finish(*_two_processes(workdir, env))
     assert _resumed_at(output) == saved
     assert _losses(workdir) == _losses(reference)
+
+
+@pytest.mark.slow
+def test_fine_tune_killed_mid_run_resumes_bitwise(tmp_path, env, reference):
+    """LiT-style fine-tune: the image tower of the reference CLIP run, locked, a classifier
+    head, layer-wise rates and early-stopping bookkeeping; kill -9, resume, same losses."""
+    tune = ["--config.task=classify", f"--config.init.source={reference[0]}",
+            "--config.init.load=('image/*',)", "--config.optim.frozen=('image/*',)",
+            "--config.optim.layer_decay=0.8", "--config.train.eval_every=4",
+            "--config.train.early_stop.metric=eval/classify/accuracy"]
+    uninterrupted = tmp_path / "uninterrupted"
+    rc, output = _run(uninterrupted, env, *tune)
+    assert rc == 0, output
+    workdir = tmp_path / "run"
+    proc, log = _start(workdir, env, *tune)
+    _wait_for(lambda: (workdir / "checkpoints" / "4").is_dir() and max(_losses(workdir), default=0) > 4,
+              [proc], "checkpoint 4 and step 5")
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    rc, output = _run(workdir, env, *tune)
+    assert rc == 0, output
+    assert _resumed_at(output) in (4, 8)
+    assert _losses(workdir) == _losses(uninterrupted)
+    best = [json.loads((w / "best.json").read_text()) for w in (workdir, uninterrupted)]
+    assert best[0] == best[1] and best[0]["step"] in (4, 8, 12)

@@ -17,39 +17,54 @@ BEST_DIR, BEST_FILE = "best", "best.json"
 
 
 class EarlyStopping:
-    def __init__(self, config, workdir):
+    """`update` after each evaluation; `record` holds the best step and value, the number of
+    evaluations since, whether the run stopped, and the history it is computed from (so a run
+    resumed at step s forgets what it logged after s, which it will replay)."""
+
+    def __init__(self, config, workdir, start=0):
         c = config.train.get("early_stop", {})
         self.metric, self.mode, self.patience = c.get("metric", ""), c.get("mode", "max"), c.get("patience", 0)
         if self.mode not in ("max", "min"):
             raise ValueError(f"train.early_stop.mode={self.mode!r}; valid: 'max', 'min'")
         self.config, self.workdir = config, os.path.abspath(workdir)
-        self.record = {"step": None, "value": None, "since": 0, "stopped": False}
+        self.history = []
         path = os.path.join(self.workdir, BEST_FILE)
         if self.metric and os.path.exists(path):
             with open(path) as f:
-                self.record = json.load(f)
+                self.history = [h for h in json.load(f)["history"] if h[0] <= start]
+        self.record = self._summarise()
 
     @property
     def enabled(self):
         return bool(self.metric)
 
+    def _better(self, value, best):
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def _summarise(self):
+        record = {"step": None, "value": None, "since": 0, "stopped": False}
+        for step, value in self.history:
+            if self._better(value, record["value"]):
+                record.update(step=step, value=value, since=0)
+            else:
+                record["since"] += 1
+        record["stopped"] = bool(self.patience) and record["since"] >= self.patience
+        return record
+
     def update(self, step, results, params) -> bool:
         """Records an evaluation; saves params when they are the best so far. True: stop now."""
         if not self.enabled or self.metric not in results:
             return False
-        value, best = float(results[self.metric]), self.record["value"]
-        better = best is None or (value > best if self.mode == "max" else value < best)
-        if better:
+        value = float(results[self.metric])
+        if self._better(value, self.record["value"]):
             self._save(params)
-            self.record.update(step=step, value=value, since=0)
-        else:
-            self.record["since"] += 1
-        stop = bool(self.patience) and self.record["since"] >= self.patience
-        self.record["stopped"] = stop
+        self.history.append([step, value])
+        self.record = self._summarise()
         if jax.process_index() == 0:
             with open(os.path.join(self.workdir, BEST_FILE), "w") as f:
-                json.dump(self.record | {"metric": self.metric, "mode": self.mode}, f)
-        return stop
+                json.dump(self.record | {"metric": self.metric, "mode": self.mode,
+                                         "history": self.history}, f)
+        return self.record["stopped"]
 
     def _save(self, params):
         checkpointer = ocp.StandardCheckpointer()
