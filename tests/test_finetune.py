@@ -118,3 +118,10 @@ def test_init_refuses_what_does_not_fit_naming_the_parameters(tmp_path, data_dir
     config.init.update(load=("vision/*",))
     with pytest.raises(InitError, match="matches none of the source's parameters"):
         train(config, str(tmp_path / "c"), data_dir)
+
+
+def test_an_evaluator_the_model_cannot_serve_is_named_before_training(tmp_path, data_dir):
+    config = _classify(steps=1)
+    config.evals = {"zeroshot": dict(type="zeroshot", dataset="digit_captions")}
+    with pytest.raises(config_lib.ConfigError, match="'zeroshot' needs a model with encode_image"):
+        train(config, str(tmp_path / "run"), data_dir)

@@ -240,12 +240,12 @@ def test_two_processes_agree_on_a_step_save_on_sigterm_and_resume_exactly(tmp_pa
 
 @pytest.mark.slow
 def test_fine_tune_killed_mid_run_resumes_bitwise(tmp_path, env, reference):
-    """LiT-style fine-tune: the image tower of the reference CLIP run, locked, a classifier
-    head, layer-wise rates and early-stopping bookkeeping; kill -9, resume, same losses."""
-    tune = ["--config.task=classify", f"--config.init.source={reference[0]}",
-            "--config.init.load=('image/*',)", "--config.optim.frozen=('image/*',)",
-            "--config.optim.layer_decay=0.8", "--config.train.eval_every=4",
-            "--config.train.early_stop.metric=eval/classify/accuracy"]
+    """configs/finetune_digits.py on the reference CLIP run's image tower, its blocks locked:
+    a classifier head, layer-wise rates, early-stopping bookkeeping; kill -9, resume, the
+    same losses bitwise and the same best step."""
+    tune = ["--config", str(pathlib.Path(__file__).parents[1] / "configs" / "finetune_digits.py"), f"--config.init.source={reference[0]}",
+            "--config.optim.frozen=('image/encoder/*',)", "--config.train.eval_every=4",
+            "--config.optim.warmup_steps=2"]
     uninterrupted = tmp_path / "uninterrupted"
     rc, output = _run(uninterrupted, env, *tune)
     assert rc == 0, output

@@ -6,6 +6,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
+from mmjax.config import ConfigError
 from mmjax.data import pipeline, sources
 
 
@@ -16,7 +17,15 @@ class Evaluator:
     `run_setup` the train.setup.Run (task, model, tokenizer, mesh, rules).
     """
 
+    needs = ()   # the model methods `run` calls
+
     def __init__(self, run_setup, spec, data_dir):
+        missing = [m for m in self.needs if not hasattr(type(run_setup.model), m)]
+        if missing:
+            raise ConfigError(
+                f"evaluator type {spec['type']!r} needs a model with {', '.join(missing)}; task "
+                f"{run_setup.config.task!r} builds a {type(run_setup.model).__name__}, which has "
+                f"none: drop that entry from config.evals (or set evals = {{}} for the task's own)")
         self.setup, self.spec, self.data_dir = run_setup, dict(spec), data_dir
         self.every = int(self.spec["every"])
         self.dataset = sources.get(self.spec["dataset"])

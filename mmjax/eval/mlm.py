@@ -28,6 +28,8 @@ class MaskedLM(Evaluator):
     i masked with fold_in(PRNGKey(seed), i), whatever the batch size or process count), and
     the most-frequent-token baseline counted on the dataset's train split."""
 
+    needs = ("mlm_logits",)
+
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
         self.batch_spec = {"text": jax.ShapeDtypeStruct(

@@ -31,6 +31,8 @@ class Retrieval(Evaluator):
     """Recall@1/5 image -> text and text -> image over a split of (image, caption) pairs;
     captions are told apart by their tokens."""
 
+    needs = ("encode_image", "encode_text")
+
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
         self.batch_spec = {k: v for k, v in run_setup.task.batch_spec().items() if k in ("image", "text")}

@@ -25,6 +25,8 @@ class ZeroShot(Evaluator):
     """Top-1 of a labelled image split against prompts of its class names (the dataset's own
     names and caption templates; options `class_names` / `templates` override them)."""
 
+    needs = ("encode_image", "encode_text")
+
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
         self.class_names = tuple(self.spec.get("class_names") or self.dataset.class_names or ())
