@@ -179,12 +179,13 @@ def defaults() -> ml_collections.ConfigDict:
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
         # The 'classify' task: which tower's pooled features feed the linear head.
-        classify=dict(tower="image", num_classes=10),
+        classify=dict(tower="image", num_classes=10, text_length=0),
     )
     # datasets: what is trained on (names in mmjax.data.sources.DATASETS). tokenizer_data:
     # the datasets whose train text trains the WordPiece vocabulary (default: datasets).
+    # vocab_file: a BERT vocab.txt for 'wordpiece' (a pretrained model's), instead of training.
     c.data = dict(datasets=("digit_captions",), tokenizer="clip_bpe", tokenizer_data=(),
-                  image_size=28, image_channels=1)
+                  vocab_file="", image_size=28, image_channels=1)
     c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all

@@ -207,3 +207,13 @@ def test_presets_and_options_from_config():
     c.model.text.colour = "red"
     with pytest.raises(ValueError, match="model.text has keys no tower option takes: \\['colour'\\]"):
         options.from_config(c.model, "text")
+
+
+def test_text_tower_mean_pooling_averages_the_real_tokens():
+    tower = _text(vocab_size=50, context_length=8, width=16, depth=1, num_heads=2, mlp_dim=32,
+                  causal=False, pool="mean", scan=False)
+    tokens = np.array([[2, 5, 6, 3, 0, 0, 0, 0], [2, 7, 8, 9, 10, 11, 12, 3]], np.int32)
+    params = nn.unbox(tower.init(jax.random.PRNGKey(0), tokens)["params"])
+    pooled, seq = tower.apply({"params": params}, tokens)
+    np.testing.assert_allclose(pooled[0], np.asarray(seq[0, :4]).mean(0), **TOL)
+    np.testing.assert_allclose(pooled[1], np.asarray(seq[1]).mean(0), **TOL)

@@ -159,9 +159,10 @@ class WordPieceTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def get_tokenizer(name: str, data_dir: str,
-                  corpus: Sequence[str] = ('prose',)) -> ClipTokenizer | WordPieceTokenizer:
-    """'clip_bpe', or 'wordpiece' trained once on the train text of the `corpus` datasets
+def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
+                  vocab_file: str = '') -> ClipTokenizer | WordPieceTokenizer:
+    """'clip_bpe', or 'wordpiece': read from `vocab_file` if given (a pretrained BERT's
+    vocab.txt), else trained once on the train text of the `corpus` datasets
     (`config.data.tokenizer_data`, else the training datasets) and cached in data_dir.
 
     Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
@@ -169,6 +170,11 @@ def get_tokenizer(name: str, data_dir: str,
     """
     if name == 'clip_bpe':
         return ClipTokenizer()
+    if name == 'wordpiece' and vocab_file:
+        if not os.path.isfile(vocab_file):
+            raise FileNotFoundError(f'data.vocab_file={vocab_file!r} not found: give the path of '
+                                    f'a BERT vocab.txt, or leave it empty to train one')
+        return WordPieceTokenizer.from_vocab(vocab_file)
     if name == 'wordpiece':
         from mmjax.data import builders, sources  # Lazy: pulls in tensorflow_datasets.
         corpus = tuple(corpus)

@@ -55,7 +55,7 @@ class TextOptions(EncoderOptions):
     context_length: int
     width: int
     causal: bool = True
-    pool: str = "eot"            # 'eot' (largest id) | 'first'
+    pool: str = "eot"            # 'eot' (largest id) | 'first' | 'mean' (over real tokens)
     embed_norm: bool = False
     final_norm: bool = True
     type_vocab_size: int = 0

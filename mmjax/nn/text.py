@@ -50,8 +50,11 @@ class TextTransformer(nn.Module):
             pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         elif o.pool == "first":
             pooled = x[:, 0]
+        elif o.pool == "mean":   # over the real tokens (sentence-transformers' pooling)
+            real = (tokens != o.pad_id)[..., None].astype(x.dtype)
+            pooled = (x * real).sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
         else:
-            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first'")
+            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first', 'mean'")
         return pooled, x
 
     def word_embeddings(self):

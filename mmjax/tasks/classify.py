@@ -16,7 +16,13 @@ from mmjax.tasks.base import ExampleTerm, Task
 @TASKS.register("classify")
 class Classify(Task):
     """`model.classify.tower` ('image' | 'text') + a zero-initialised linear head over
-    `model.classify.num_classes`; softmax cross-entropy on the dataset's labels."""
+    `model.classify.num_classes`; softmax cross-entropy on the dataset's labels. Text is cut
+    to `model.classify.text_length` tokens (0: the tower's whole context_length, which may be
+    a pretrained model's 512 positions)."""
+
+    def _text_length(self):
+        m = self.config.model
+        return m.classify.get("text_length", 0) or m.text.context_length
 
     def _tower(self):
         tower = self.config.model.classify.tower
@@ -33,7 +39,7 @@ class Classify(Task):
         d, m = self.config.data, self.config.model
         inputs = (jax.ShapeDtypeStruct((d.image_size, d.image_size, d.image_channels), np.float32)
                   if self._tower() == "image" else
-                  jax.ShapeDtypeStruct((m.text.context_length,), np.int32))
+                  jax.ShapeDtypeStruct((self._text_length(),), np.int32))
         return {self._tower(): inputs, "label": jax.ShapeDtypeStruct((), np.int32)}
 
     def init_args(self, batch_size=1):
@@ -56,7 +62,7 @@ class Classify(Task):
         m, d, b = self.config.model, self.config.data, self.config.train.batch_size
         if self._tower() == "text":
             t = m.text
-            forward = flops.encoder_forward(b, t.context_length, t.width, t.mlp_dim, t.depth)
+            forward = flops.encoder_forward(b, self._text_length(), t.width, t.mlp_dim, t.depth)
             return 3 * (forward + 2 * b * t.width * m.classify.num_classes)
         i = m.image
         patches = (d.image_size // i.patch_size) ** 2

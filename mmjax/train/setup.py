@@ -54,7 +54,8 @@ def prepare_data(config, data_dir):
             for name in sorted(names):
                 sources.get(name).prepare(data_dir)
             tokenizer = get_tokenizer(config.data.tokenizer, data_dir,
-                                      config.data.get("tokenizer_data") or config.data.datasets)
+                                      config.data.get("tokenizer_data") or config.data.datasets,
+                                      config.data.get("vocab_file", ""))
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"mmjax_prepare_data_{first}")
     if tokenizer.vocab_size > config.model.text.vocab_size:
