@@ -104,3 +104,10 @@ def frozen_labels(params, patterns):
     """'frozen' where a leaf's path matches one of `patterns`, else 'train'."""
     return jax.tree_util.tree_map_with_path(
         lambda p, _: "frozen" if matches(path_of(p), patterns) else "train", params)
+
+
+def stop_frozen(params, patterns):
+    """`params` with `jax.lax.stop_gradient` on the frozen leaves: their gradients are zeros
+    XLA folds away, so a locked tower costs a forward pass, not a backward one too."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.lax.stop_gradient(x) if matches(path_of(p), patterns) else x, params)

@@ -1,6 +1,7 @@
 """The jitted train step: the task's loss terms summed with their weights, (accumulated)
 gradients, an optax update that is skipped when the gradients are not finite."""
 
+import dataclasses
 import functools
 
 import einops
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.param_groups import stop_frozen
 from mmjax.sharding import batch_sharding
 from mmjax.tasks.base import BatchTerm
 
@@ -82,12 +84,22 @@ def make_accumulated_grads(terms, k):
     return grads_fn
 
 
+def without_frozen_gradients(term, patterns):
+    """The term with its params' frozen leaves behind a stop_gradient (no backward for them)."""
+    if isinstance(term, BatchTerm):
+        return dataclasses.replace(term, embed=lambda p, b: term.embed(stop_frozen(p, patterns), b))
+    return dataclasses.replace(term, fn=lambda p, b, r: term.fn(stop_frozen(p, patterns), b, r))
+
+
 def make_train_step(task, model, tx, lr_schedule, mesh, rule_table, state_shardings):
     """Returns the jitted `train_step(state, batch) -> (state, metrics)` (state donated).
 
     Non-finite gradients skip the update (`optim.skip_nonfinite` wraps the optimizer in
     `optax.apply_if_finite`); metrics carry `skipped_steps`, the current run of them."""
     terms = task.loss_terms(model, mesh)
+    frozen = tuple(task.config.optim.get("frozen", ()))
+    if frozen:
+        terms = {name: without_frozen_gradients(term, frozen) for name, term in terms.items()}
     k = task.config.train.grad_accum_steps
     if k == 1:
         grads_fn = jax.value_and_grad(make_loss_fn(terms), has_aux=True)
