@@ -50,10 +50,15 @@ def _flatten(tree, prefix=""):
 def config_differences(saved, current):
     """(must_match, free): 'key: a (checkpoint) vs b (config)' lines of the keys that differ."""
     a, b = _flatten(saved), _flatten(current)
+    # A key the checkpoint's mmjax did not have yet, at its default now, changes nothing.
+    from mmjax.config import defaults
+    default = _flatten(json.loads(defaults().to_json()))
     under = lambda key, names: any(key == n or key.startswith(n + ".") for n in names)
     must, free = [], []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if key not in a and key in default and y == default[key]:
+            continue
         if x != y:
             line = f"{key}: {x!r} (checkpoint) vs {y!r} (config)"
             (must if under(key, MATCH_KEYS) and not under(key, COMPUTE_KEYS) else free).append(line)

@@ -272,3 +272,15 @@ def test_data_position_that_cannot_be_split_is_an_error(data_dir):
     saved = {"iterators": [old[0].get_state().decode()]}
     with pytest.raises(CheckpointError, match="3 examples .* 2 processes cannot split"):
         data_state_for(saved, 0, 2)
+
+
+def test_a_key_newer_than_the_checkpoint_matters_only_off_its_default():
+    from mmjax.checkpoint import config_differences
+    from mmjax.config import defaults
+    current = json.loads(defaults().to_json())
+    saved = json.loads(defaults().to_json())
+    del saved["model"]["classify"]            # written before mmjax had the classify task
+    assert config_differences(saved, current) == ([], [])
+    current["model"]["classify"]["num_classes"] = 3
+    must, _ = config_differences(saved, current)
+    assert must == ["model.classify.num_classes: '<absent>' (checkpoint) vs 3 (config)"]
