@@ -23,8 +23,8 @@ DIGIT_SPEC = {'image': jax.ShapeDtypeStruct((28, 28, 1), np.float32),
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp('data')
-    builders.prepare('digit_captions', str(path))
-    builders.prepare('prose', str(path))
+    for name in builders.BUILDERS:
+        builders.prepare(name, str(path))
     return str(path)
 
 
@@ -81,7 +81,7 @@ def test_bad_data_dir_gives_a_clear_error(tmp_path):
 
 
 def test_unknown_dataset_and_default_dir():
-    with pytest.raises(ValueError, match='digit_captions, prose'):
+    with pytest.raises(ValueError, match='digit_captions, prose, play_genres'):
         builders.prepare('imagenet', '/tmp')
     assert builders.DEFAULT_DATA_DIR == '~/.cache/mmjax'
     assert builders.resolve_data_dir(None) == os.path.expanduser('~/.cache/mmjax')
@@ -199,3 +199,16 @@ def test_text_batches(data_dir, wordpiece):
     resumed.set_state(state)
     _assert_same_batches(_take(it, 3), _take(resumed, 3))
     _assert_same_batches(_take(make(), 1), [batch])  # Same seed, same first batch.
+
+
+def test_play_genres_are_labelled_chunks_of_the_plays(data_dir):
+    from mmjax.data import sources
+    dataset = sources.get('play_genres')
+    train = list(dataset.records(data_dir, 'train'))
+    test = list(dataset.records(data_dir, 'test'))
+    assert len(train) > 8 * len(test) > 0
+    labels = np.bincount([int(r['label']) for r in train], minlength=6)
+    assert len(labels) == 6 and labels.min() > 100       # all six genres, none tiny
+    assert not {r['text'] for r in test} & {r['text'] for r in train}
+    romeo = [r for r in train if b'Romeo' in r['text']]
+    assert romeo and {int(r['label']) for r in romeo} == {dataset.class_names.index('tragedies')}
