@@ -212,3 +212,19 @@ def test_play_genres_are_labelled_chunks_of_the_plays(data_dir):
     assert not {r['text'] for r in test} & {r['text'] for r in train}
     romeo = [r for r in train if b'Romeo' in r['text']]
     assert romeo and {int(r['label']) for r in romeo} == {dataset.class_names.index('tragedies')}
+
+
+def test_collate_fits_images_to_the_spec_and_tokenises():
+    from mmjax.data.transforms import Collate
+    ramp = np.linspace(0, 1, 14)
+    grey = (255 * np.outer(ramp, 1 - ramp / 2))[..., None].round().astype(np.uint8)   # smooth
+    rgb = np.repeat(np.kron(grey, np.ones((2, 2, 1), np.uint8)), 3, axis=-1)   # 28x28x3, same picture
+    spec = {'image': jax.ShapeDtypeStruct((14, 14, 1), np.float32),
+            'text': jax.ShapeDtypeStruct((CONTEXT,), np.int32)}
+    batch = Collate(spec, ClipTokenizer())([{'image': grey, 'text': 'a photo'},
+                                            {'image': rgb, 'text': 'a photo'}])
+    assert batch['image'].shape == (2, 14, 14, 1) and batch['text'].shape == (2, CONTEXT)
+    np.testing.assert_allclose(batch['image'][0], grey / 127.5 - 1.0, atol=1e-6)   # untouched
+    # grey -> RGB -> grey and a 2x downscale of a 2x blow-up: close to the original picture
+    assert np.abs(batch['image'][1] - batch['image'][0]).mean() < 0.02
+    np.testing.assert_array_equal(batch['text'][0], batch['text'][1])
