@@ -101,12 +101,7 @@ class StreamLoader:
         examples = []
         while len(examples) < self._batch.batch_size:
             (epoch, index), record = next(self._records)
-            for op in self._ops:
-                if isinstance(op, grain.transforms.RandomMap):
-                    record = op.random_map(record, np.random.default_rng((self._seed, epoch, index)))
-                else:
-                    record = op.map(record)
-            examples.append(record)
+            examples.append(transforms.apply_one(self._ops, record, (self._seed, epoch, index)))
             self._position = (epoch, index + 1)
         return self._batch.batch_fn(examples)
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
-
 from mmjax.data import transforms
 from mmjax.registry import Registry
 
@@ -115,7 +113,3 @@ class PlayGenres(_Built):
     def example_ops(self, train):
         return [transforms.DecodeText()]
 
-
-def labels_of(dataset: Dataset, data_dir, split) -> np.ndarray:
-    """Every label of a labelled split, in stored order (small: one int per example)."""
-    return np.array([int(r['label']) for r in dataset.records(data_dir, split)], np.int64)

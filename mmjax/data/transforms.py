@@ -34,16 +34,21 @@ class DecodeText(grain.transforms.Map):
         return {**element, 'text': element['text'].decode('utf-8')}
 
 
+def apply_one(ops: Sequence, record, rng_seed):
+    """One record through grain Map / RandomMap transforms outside a grain pipeline; the
+    random ones draw from a generator seeded by `rng_seed` (a tuple of ints)."""
+    for op in ops:
+        if isinstance(op, grain.transforms.RandomMap):
+            record = op.random_map(record, np.random.default_rng(rng_seed))
+        else:
+            record = op.map(record)
+    return record
+
+
 def apply(ops: Sequence, records: Iterable, seed: int = 0):
-    """Runs grain Map / RandomMap transforms over records outside a grain pipeline (the
-    random ones with a generator seeded by (seed, index))."""
+    """`apply_one` over records, seeded by (seed, index)."""
     for index, record in enumerate(records):
-        for op in ops:
-            if isinstance(op, grain.transforms.RandomMap):
-                record = op.random_map(record, np.random.default_rng((seed, index)))
-            else:
-                record = op.map(record)
-        yield record
+        yield apply_one(ops, record, (seed, index))
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
