@@ -29,7 +29,7 @@ def _minilm_vocab():
 def get_config(variant="finetune", source="runs/minilm"):
     c = defaults()
     c.task = "classify"
-    c.data.update(datasets=("play_genres",), tokenizer="wordpiece", vocab_file=_minilm_vocab())
+    c.data.update(train="play_genres", tokenizer="wordpiece", vocab_file=_minilm_vocab())
     c.model.update(scan=False)
     c.model.text.update(presets.text("bert"))
     c.model.text.update(vocab_size=30522, context_length=512, width=384, depth=6, num_heads=12,

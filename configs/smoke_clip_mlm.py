@@ -14,7 +14,8 @@ def get_config():
     c = defaults()
     c.task = "clip+mlm"
     # Trained on the digits; the WordPiece vocabulary is learnt from English prose.
-    c.data.update(datasets=("digit_captions",), tokenizer="wordpiece", tokenizer_data=("prose",))
+    c.data.update(train="digit_captions", tokenizer="wordpiece", tokenizer_data=("prose",),
+                  crop="resize", mean=(0.5,) * 3, std=(0.5,) * 3)  # 28-px digits, whole, in [-1, 1]
     c.model.update(embed_dim=64, scan=False)  # 2-3 layers: unrolled runs faster on CPU
     c.model.image.update(patch_size=7, width=96, depth=3, num_heads=4, mlp_dim=384)
     c.model.text.update(vocab_size=8192, context_length=16, width=96, depth=2, num_heads=4,

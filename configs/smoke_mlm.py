@@ -14,7 +14,7 @@ from mmjax.config import defaults
 def get_config():
     c = defaults()
     c.task = "mlm"
-    c.data.update(datasets=("prose",), tokenizer="wordpiece")
+    c.data.update(train="prose", tokenizer="wordpiece")
     c.model.scan = False  # 2 layers: unrolled runs faster on CPU
     c.model.text.update(vocab_size=8192, context_length=64, width=128, depth=2, num_heads=4,
                         mlp_dim=512, causal=False, pool="first", pre_norm=False, embed_norm=True,

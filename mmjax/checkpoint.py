@@ -66,32 +66,21 @@ def config_differences(saved, current):
 
 
 def data_state_for(saved, process_index, process_count):
-    """This process's grain iterator state out of the saved states of every process.
+    """This process's data position out of the saved positions of every process.
 
-    Written by as many processes as now: each takes its own. Otherwise (a job resumed on
-    another number of hosts) the position in the one global example order is re-split: the
-    processes together have consumed `n` examples, so process q of Q resumes at n + q,
-    n + q + Q, ... The next batches then hold the same examples in another row order.
+    The input pipeline's position is global (global batches read), the same on every
+    process, so a job resumes on any process count that divides the batch. A streamed
+    dataset's position is per process and resumes only on the same count.
     """
     states = saved["iterators"]
     if len(states) == process_count:
         return states[process_index].encode()
     parsed = [json.loads(s) for s in states]
-    if any("stream_position" in s for s in parsed):
-        raise CheckpointError(f"the checkpoint's data position is in a streamed dataset read by "
-                              f"{len(states)} processes; it resumes only on {len(states)} "
-                              f"processes (this job has {process_count})")
-    if any(s["worker_count"] != 0 for s in parsed):
-        raise CheckpointError(f"the checkpoint's data position was written by {len(states)} processes "
-                              f"with grain worker processes; it can only resume on {len(states)} "
-                              f"processes (this job has {process_count})")
-    count = len(states)
-    consumed = sum((s["last_seen_indices"]["0"] + count - p) // count for p, s in enumerate(parsed))
-    if consumed % process_count:
-        raise CheckpointError(f"{consumed} examples were consumed, which {process_count} processes "
-                              f"cannot split evenly; resume on {count} processes")
-    state = dict(parsed[0], last_seen_indices={"0": consumed - process_count + process_index})
-    return json.dumps(state, indent=4).encode()
+    if all("batches_read" in s for s in parsed):
+        return states[0].encode()
+    raise CheckpointError(f"the checkpoint's data position was written by {len(states)} processes "
+                          f"reading a streamed dataset (or by an older mmjax); it resumes only on "
+                          f"{len(states)} processes (this job has {process_count})")
 
 
 def _gather_text(text: str) -> list:

@@ -1,4 +1,4 @@
-"""Command line: `mmjax train | eval | export | import`."""
+"""Command line: `mmjax train | eval | export | import | data build`."""
 
 import argparse
 import json
@@ -53,7 +53,64 @@ def _parser():
     imp.add_argument("--config", default=None, help="base config for open_clip / hf_bert (default: "
                                                     "the embedded smoke config of that task)")
     imp.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    _data_parser(sub)
     return parser
+
+
+def _data_parser(sub):
+    data = sub.add_parser("data", help="datasets in the data dir")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    build = data_sub.add_parser(
+        "build", help="turn your images+captions, image folder or text into a tfds ArrayRecord "
+                      "dataset in the data dir (prints one JSON summary line)",
+        epilog="SOURCE kinds: a table (.csv/.tsv/.jsonl/.parquet naming local images and captions), "
+               "webdataset shards ('dir/{00000..00099}.tar' or a glob), an image folder "
+               "(root/CLASS/*.jpg, or root/train|val/CLASS/), text (.txt files or a .jsonl with a "
+               "'text' field). Rerunning with the same source and options does nothing.")
+    build.add_argument("source", metavar="SOURCE")
+    build.add_argument("--name", required=True, help="dataset name (letters, digits, _)")
+    build.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    build.add_argument("--kind", default=None,
+                       choices=("table", "webdataset", "imagefolder", "text"),
+                       help="default: inferred from SOURCE")
+    build.add_argument("--max_side", type=int, default=None,
+                       help="resize larger images so the longer side is N (re-encoded as JPEG q95, "
+                            "PNG when transparent); default: images stored as given")
+    build.add_argument("--val_fraction", type=float, default=None,
+                       help="fraction of train moved to 'validation' by a hash of the record key "
+                            "(default 0.01, 0 when the source names its splits)")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing dataset of that name (after the new one is built)")
+    build.add_argument("--workers", type=int, default=None, help="default: min(CPUs, 8)")
+    build.add_argument("--max_bad_fraction", type=float, default=0.01,
+                       help="abort when more records than this are bad (default 0.01)")
+    build.add_argument("--image_column", default=None,
+                       help="table column of image paths or bytes (default: image, image_path, "
+                            "filepath, path, file, filename, jpg, png, webp)")
+    build.add_argument("--caption_column", default=None,
+                       help="table caption column (default: caption, text, title); the text field "
+                            "of a JSONL corpus (default: text)")
+    build.add_argument("--split_column", default=None,
+                       help="table column of train/val/validation/test (default: split, if present)")
+    build.add_argument("--text_unit", default=None, choices=("file", "block"),
+                       help="text: a document per .txt file, or per blank-line-separated block "
+                            "(default: block for one file, file for several)")
+
+
+def _data(args):
+    from mmjax.data import build
+    columns = {k: getattr(args, k) for k in ("image_column", "caption_column", "split_column",
+                                             "text_unit")}
+    try:
+        summary = build.build(args.source, args.name, args.data_dir, kind=args.kind,
+                              max_side=args.max_side, val_fraction=args.val_fraction,
+                              overwrite=args.overwrite, workers=args.workers,
+                              max_bad_fraction=args.max_bad_fraction, **columns)
+    except (build.BuildError, OSError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, sort_keys=True))
+    return 0
 
 
 def _export_or_import(args, overrides):
@@ -81,6 +138,8 @@ def main(argv=None):
     args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
     if args.command in ("export", "import"):
         return _export_or_import(args, overrides)
+    if args.command == "data":
+        return _data(args)
     try:
         data_dir = os.path.expanduser(args.data_dir)
         if args.command == "train":

@@ -20,6 +20,7 @@ CHOICES = {
     "optim.name": ("adamw", "sgd"),
     "optim.decay": ("cosine", "linear", "constant"),
     "data.tokenizer": ("clip_bpe", "wordpiece"),
+    "data.crop": ("random_resized", "resize", "center"),
 }
 
 
@@ -129,14 +130,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from mmjax.eval import EVALUATORS
     from mmjax.registry import UnknownNameError
     from mmjax.tasks import TASKS
+    from mmjax.data.pipeline import parse_mixture
     lookups = [("task", TASKS, config.task)]
-    lookups += [("data.datasets", DATASETS, name) for name in _get(config, "data.datasets") or ()]
+    # Dataset names may also be folders in the data dir: unregistered ones are checked at
+    # setup, where the data dir is known; 'module:Class' ones here.
+    mixture = [n for n, _ in parse_mixture(config.data.train)] if _get(config, "data.train") else []
+    lookups += [("data.train", DATASETS, n) for n in mixture if n in DATASETS.names() or ":" in n]
     for name, entry in (_get(config, "evals") or {}).items():
         if "type" not in entry:
             raise ConfigError(f"config key 'evals.{name}' has no type; valid: "
                               f"{', '.join(EVALUATORS.names())}")
         lookups.append((f"evals.{name}.type", EVALUATORS, entry["type"]))
-        if "dataset" in entry:
+        if ":" in entry.get("dataset", ""):
             lookups.append((f"evals.{name}.dataset", DATASETS, entry["dataset"]))
     for key, registry, name in lookups:
         try:
@@ -146,7 +151,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-    """ConfigDict of a config read back from JSON (lists become the tuples configs hold)."""
+    """ConfigDict of a config read back from JSON (lists become the tuples configs hold).
+    A run saved before `data.train` existed named its one dataset in `data.datasets`."""
+    data = d.get("data", {})
+    if "datasets" in data and "train" not in data:
+        d = {**d, "data": {**{k: v for k, v in data.items() if k != "datasets"},
+                           "train": ",".join(data["datasets"])}}
+
     def tuples(x):
         if isinstance(x, dict):
             return {k: tuples(v) for k, v in x.items()}
@@ -181,11 +192,21 @@ def defaults() -> ml_collections.ConfigDict:
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
     )
-    # datasets: what is trained on (names in mmjax.data.sources.DATASETS). tokenizer_data:
-    # the datasets whose train text trains the WordPiece vocabulary (default: datasets).
-    # vocab_file: a BERT vocab.txt for 'wordpiece' (a pretrained model's), instead of training.
-    c.data = dict(datasets=("digit_captions",), tokenizer="clip_bpe", tokenizer_data=(),
-                  vocab_file="", image_size=28, image_channels=1)
+    # train: what is trained on: a dataset name (mmjax.data.sources.DATASETS, or a tfds
+    # folder in the data dir that `mmjax data build` made) or a weighted mixture
+    # 'NAME:0.7,OTHER:0.3'. tokenizer_data: the datasets whose train text trains the
+    # WordPiece vocabulary (default: train's). vocab_file: a BERT vocab.txt for 'wordpiece'.
+    # Images: decoded, cropped (train: crop 'random_resized' with crop_scale / crop_ratio,
+    # 'resize' or 'center'; eval: resize + centre crop) to image_size x image_channels,
+    # normalised with mean / std (CLIP's). pack: MLM rows packed from whole documents.
+    # worker_count: grain worker processes per host. max_bad_fraction: records that fail
+    # to decode are skipped and counted (data/skipped); more than this fraction stops.
+    c.data = dict(train="digit_captions", tokenizer="clip_bpe", tokenizer_data=(),
+                  vocab_file="", image_size=28, image_channels=1, crop="random_resized",
+                  crop_scale=(0.9, 1.0), crop_ratio=(0.75, 4 / 3),
+                  mean=(0.48145466, 0.4578275, 0.40821073),
+                  std=(0.26862954, 0.26130258, 0.27577711),
+                  pack=False, worker_count=0, max_bad_fraction=0.01)
     c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from mmjax.data import sources, transforms
+from mmjax.data import images, sources, transforms
+
+DIGIT_IMAGES = images.ImageOptions(size=28, channels=1, crop='resize', mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def _examples(name, data_dir, split):
@@ -13,7 +15,7 @@ def _examples(name, data_dir, split):
 def digit_arrays(data_dir, split='test'):
     """image f32 [n, 28, 28, 1] in [-1, 1], label i32 [n], caption list[str] (first template)."""
     examples = _examples('digit_captions', data_dir, split)
-    return {'image': transforms.scale_images(np.stack([e['image'] for e in examples])),
+    return {'image': images.normalise(np.stack([e['image'] for e in examples]), DIGIT_IMAGES),
             'label': np.array([e['label'] for e in examples], np.int32),
             'caption': [e['text'] for e in examples]}
 

@@ -14,7 +14,9 @@ def test_embedded_default_and_required_keys():
         assert config_lib._get(c, key) is not None, key
 
 
-@pytest.mark.parametrize("name", ["smoke_clip.py", "smoke_mlm.py", "smoke_clip_mlm.py"])
+@pytest.mark.parametrize("name", ["smoke_clip.py", "smoke_mlm.py", "smoke_clip_mlm.py",
+                                  "clip_webdataset.py", "clip_webdataset.py:cpu",
+                                  "mlm_text_files.py", "mlm_text_files.py:cpu"])
 def test_every_smoke_config_loads(name):
     assert config_lib.load(f"configs/{name}").train.steps > 0
 
@@ -22,10 +24,10 @@ def test_every_smoke_config_loads(name):
 def test_overrides_parse_with_the_old_type():
     c = config_lib.load(None, ["--config.train.batch_size=256", "--config.optim.lr=3e-4",
                                "--config.model.scan=False", "--config.task=mlm",
-                               "--config.data.datasets=('prose',)", "--config.model.init_logit_bias=-10.0",
+                               "--config.data.train=prose", "--config.model.init_logit_bias=-10.0",
                                "--config.optim.warmup_steps=7"])
     assert (c.train.batch_size, c.optim.lr, c.model.scan, c.task) == (256, 3e-4, False, "mlm")
-    assert c.data.datasets == ("prose",) and c.model.init_logit_bias == -10.0
+    assert c.data.train == "prose" and c.model.init_logit_bias == -10.0
     assert isinstance(c.optim.lr, float)
 
 
@@ -37,7 +39,9 @@ def test_overrides_parse_with_the_old_type():
     ("--config.model.scan=maybe", "expects True or False"),
     ("--config.task=vqa", "unknown task 'vqa'; valid: classify, clip, clip+mlm, mlm"),
     ("--config.optim.name=adam", "valid choices: adamw, sgd"),
-    ("--config.data.datasets=('digits',)", "unknown dataset 'digits'; valid: digit_captions, play_genres, prose"),
+    ("--config.data.train=digits:0", "positive weights"),
+    ("--config.data.train=no_such_module:Data", "dataset 'no_such_module:Data' cannot be imported"),
+    ("--config.data.crop=zoom", "valid choices: random_resized, resize, center"),
     ("--config.train=3", "is a group"),
     ("--config.train.steps", "has no value"),
     ("--config.train.steps=0", "must be positive"),

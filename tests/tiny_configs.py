@@ -22,7 +22,7 @@ def tiny_config(task="clip", **model):
     if task == "mlm":
         c.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2)
     c.model.mlm.update(max_predictions=3)
-    c.data.update(image_size=8, image_channels=1)
+    c.data.update(image_size=8, image_channels=1, crop="resize", mean=(0.5,) * 3, std=(0.5,) * 3)
     c.train.update(steps=10, batch_size=16)
     c.optim.update(warmup_steps=0, decay="constant", lr=1e-2, clip_norm=0.0, weight_decay=0.0)
     return c

@@ -1,12 +1,23 @@
-"""Input pipelines: this process's share of a dataset as batches of a task's batch spec.
+"""Input pipelines: this process's rows of each global batch, and one pass over a split for
+evaluation.
 
-`batches(...)` returns an iterator: `next(it)` gives this process's batch as a dict of
-numpy arrays; `it.get_state()` returns the position as JSON `bytes` and `it.set_state(s)`
-on an iterator built with the same arguments resumes it exactly. Random-access datasets go
-through a `grain.DataLoader` (seeded shuffle, per-process shard; the state records the
-sampler and source, so restoring into a differently configured pipeline raises
-ValueError); streamed ones through `StreamLoader` (resumed by re-reading up to the
-position). `eval_batches` walks a split once, padded to whole batches, for evaluators.
+The global batch is a function of the seed and the step alone. Each training dataset is
+shuffled (afresh every epoch) and repeated as a grain `MapDataset`; a mixture interleaves
+them by weight (`grain.MapDataset.mix`); global batch s holds examples [s*B, (s+1)*B) of
+that one stream, and process p of P reads the rows [p*B/P, (p+1)*B/P) of it. Random
+transforms (crops, caption templates) draw from a generator seeded by (seed, dataset,
+position in the stream), so no result depends on how many processes or workers read. The
+iterator's state is the number of global batches read, which resumes on any process count.
+
+A record that fails to decode (a corrupt image, text that is not UTF-8 or empty) is
+replaced by the next record of the same stream and counted: batches carry '_skipped'
+(int [b]) and '_bad' (a description per row, '' for good ones), which the loop reports as
+`data/skipped` and turns into an error past `data.max_bad_fraction`.
+
+MLM on a text-only task can pack (`data.pack`): documents become `tokens [SEP]`, are joined
+and cut into rows of L - 1 tokens (grain's ConcatThenSplitIterDataset), each prefixed with
+[CLS]: no padding, and a document longer than a row continues in the next. The packed
+stream is global too: every process packs it (tokenising all of it) and keeps its rows.
 """
 
 from __future__ import annotations
@@ -18,11 +29,29 @@ import grain
 import numpy as np
 
 from mmjax.config import ConfigError
-from mmjax.data import sources, transforms
+from mmjax.data import images, sources, transforms
 
 # Records are small and local: reading them in the consuming thread beats reader threads
 # fighting over the GIL (2.0 s vs 3.6 s for 100 batches of 64 digits on this 2-core box).
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+MAX_REPLACEMENTS = 64    # a row tries this many records before the data is declared broken
+BAD_RECORD_ERRORS = (images.BadImage, UnicodeDecodeError, ValueError, OSError, KeyError)
+
+
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+    """'NAME' or 'NAME:0.7,OTHER:0.3' -> [(name, weight)] (weights normalised)."""
+    parts = []
+    for item in (t.strip() for t in str(text).split(',') if t.strip()):
+        name, _, weight = item.rpartition(':')
+        try:
+            parts.append((name, float(weight)))
+        except ValueError:  # no weight (or 'module:Class'): weight 1
+            parts.append((item, 1.0))
+    if not parts or any(w <= 0 for _, w in parts):
+        raise ConfigError(f"data.train={text!r}: name a dataset, or a mixture "
+                          f"'NAME:0.7,OTHER:0.3' with positive weights")
+    total = sum(w for _, w in parts)
+    return [(n, w / total) for n, w in parts]
 
 
 def _check_features(dataset, name, spec):
@@ -33,37 +62,238 @@ def _check_features(dataset, name, spec):
                           f"{', '.join(spec)}: pick a dataset that has them")
 
 
-def batches(name, *, data_dir, split, spec, tokenizer, batch_size, seed, num_epochs=None,
-            shuffle=True, process_index=0, process_count=1, worker_count=0):
-    """This process's `batch_size` examples of each global batch of dataset `name`.
+def example_ops(dataset, spec, image_options, train):
+    """The dataset's record -> example transforms, then the image transform the spec needs."""
+    ops = list(dataset.example_ops(train=train))
+    if 'image' in spec:
+        ops.append(images.TrainImage(image_options) if train else images.EvalImage(image_options))
+    return ops
 
-    The sampler walks one global order (reshuffled every epoch from `seed`) and each process
-    keeps every `process_count`-th element of it, so the processes never overlap and
-    together cover each epoch (less a remainder smaller than `process_count`).
-    num_epochs=None repeats forever; an epoch's last partial batch is dropped.
-    """
-    dataset = sources.get(name)
+
+class _Examples(grain.MapDataset):
+    """Element i: record i of the parent through `ops`, seeded by (seed, i); a bad record is
+    replaced by the next good one (i + 1, i + 2, ...) and counted in '_skipped' / '_bad'."""
+
+    def __init__(self, parent, ops, seed, name):
+        super().__init__(parent)
+        self._ops, self._seed, self._name = ops, tuple(seed), name
+
+    def __len__(self):
+        return len(self._parent)
+
+    def __str__(self):
+        return f'Examples({self._name})'
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._example(index, self._parent[index])
+
+    def _getitems(self, indices):
+        return [self._example(i, r) for i, r in zip(indices, self._parent._getitems(list(indices)))]
+
+    def _example(self, index, record):
+        first_error = None
+        for offset in range(MAX_REPLACEMENTS):
+            position = index + offset
+            try:
+                if offset:
+                    record = self._parent[position % len(self._parent)]
+                example = transforms.apply_one(self._ops, record, (*self._seed, position))
+            except BAD_RECORD_ERRORS as err:
+                first_error = first_error or f'{self._name} record at stream position {position}: {err}'
+                continue
+            return example | {'_skipped': np.int32(offset), '_bad': first_error or ''}
+        raise ValueError(f'{MAX_REPLACEMENTS} records in a row of dataset {self._name!r} are bad '
+                         f'(first: {first_error}); rebuild it with `mmjax data build`')
+
+
+class _LocalBatches(grain.MapDataset):
+    """Element s: process p's rows of global batch s, collated. Of the global stream's
+    examples [s*B, (s+1)*B) process p holds [s*B + p*b, s*B + (p+1)*b), b = B / P, read with
+    one batched request."""
+
+    def __init__(self, parent, global_batch, process_index, process_count, collate):
+        super().__init__(parent)
+        self._global, self._p, self._collate = global_batch, process_index, collate
+        self._local = global_batch // process_count
+
+    def __len__(self):
+        return len(self._parent) // self._global
+
+    def __str__(self):
+        return f'LocalBatches(p={self._p})'
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        first = index * self._global + self._p * self._local
+        return self._collate(self._parent._getitems(list(range(first, first + self._local))))
+
+
+def global_stream(mixture, *, data_dir, split, spec, seed, image_options, num_epochs=None,
+                  shuffle=True, train=True) -> grain.MapDataset:
+    """Example k of the global training order (a MapDataset; infinite unless num_epochs)."""
+    streams = []
+    for k, (name, _) in enumerate(mixture):
+        dataset = sources.get(name, data_dir)
+        _check_features(dataset, name, spec)
+        if not dataset.random_access:
+            raise ConfigError(f"dataset {name!r} is streamed; a mixture or a process-independent "
+                              f"order needs random access (build it with `mmjax data build`)")
+        stream = grain.MapDataset.source(dataset.source(data_dir, split))
+        if shuffle:
+            stream = stream.shuffle(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+        stream = stream.repeat(num_epochs)
+        streams.append(_Examples(stream, example_ops(dataset, spec, image_options, train),
+                                 (seed, k), name))
+    if len(streams) == 1:
+        return streams[0]
+    return grain.MapDataset.mix(streams, [w for _, w in mixture])
+
+
+class TrainBatches:
+    """Iterator over this process's rows of each global batch (a dict of numpy arrays).
+
+    `get_state()` -> JSON bytes (global batches read, and what they were read from);
+    `set_state(s)` resumes exactly, on any process count that divides the batch."""
+
+    def __init__(self, make_iterator, identity: dict):
+        self._make, self._identity = make_iterator, identity
+        self._read = 0
+        self._it = make_iterator(0)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._it)
+        self._read += 1
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps({'batches_read': self._read, **self._identity}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        saved = json.loads(state)
+        if 'batches_read' not in saved:
+            raise ValueError('the saved data position is from an older mmjax input pipeline '
+                             '(a per-process grain state); resume with that version, or start '
+                             'a new workdir')
+        changed = {k: (saved.get(k), v) for k, v in self._identity.items() if saved.get(k) != v}
+        if changed:
+            raise ValueError(f'the saved data position is for another input: {changed} '
+                             f'(saved, now)')
+        self._read = int(saved['batches_read'])
+        self._it = self._make(self._read)
+
+
+def _rows_iterator(stream, *, global_batch, process_index, process_count, collate,
+                   worker_count):
+    def make(start):
+        batched = _LocalBatches(stream, global_batch, process_index, process_count, collate)
+        it = batched[start:].to_iter_dataset(READ_OPTIONS)
+        if worker_count > 0:
+            _absl_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        return iter(it)
+    return make
+
+
+def _absl_parsed():
+    from absl import flags  # grain worker processes read absl flags.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class _Tokenize(grain.transforms.Map):
+    """'text' -> int32 ids followed by the end-of-document token, no padding (for packing)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def map(self, element):
+        ids = self.tokenizer.ids([element['text']])[0] + [self.tokenizer.eos_id]
+        skipped = np.zeros(len(ids), np.int32)   # packed along: a row sums its documents'
+        skipped[0] = element['_skipped']
+        return {'text': np.asarray(ids, np.int32), '_skipped': skipped}
+
+
+def _packed_iterator(stream, *, length, tokenizer, global_batch, process_index, process_count,
+                     worker_count):
+    """make(start) for packed MLM rows: the packed global stream, this process's block."""
+    from grain.experimental import ConcatThenSplitIterDataset
+    local = global_batch // process_count
+
+    def make(start):
+        it = stream.map(_Tokenize(tokenizer)).to_iter_dataset(READ_OPTIONS)
+        if worker_count > 0:
+            _absl_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        packed = ConcatThenSplitIterDataset(
+            it, length_struct={'text': length - 1, '_skipped': length - 1})
+
+        def batches():
+            rows = iter(packed)
+            for step in range(2**62):
+                block = [next(rows) for _ in range(global_batch)]
+                if step < start:
+                    continue
+                mine = block[process_index * local:(process_index + 1) * local]
+                tokens = np.stack([r['text'] for r in mine]).astype(np.int32)
+                yield {'text': np.pad(tokens, ((0, 0), (1, 0)), constant_values=tokenizer.bos_id),
+                       '_skipped': np.stack([r['_skipped'] for r in mine]).sum(axis=1).astype(np.int32),
+                       '_bad': np.full(local, '')}  # packed rows do not name their bad records
+        return batches()
+    return make
+
+
+def batches(train, *, data_dir, split, spec, tokenizer, batch_size, seed, image_options=None,
+            num_epochs=None, shuffle=True, process_index=0, process_count=1, worker_count=0,
+            pack=False):
+    """TrainBatches over dataset or mixture `train` ('NAME' / 'A:0.7,B:0.3'): this process's
+    rows of global batches of `batch_size`. num_epochs=None repeats forever."""
+    if batch_size % process_count:
+        raise ConfigError(f"train.batch_size={batch_size} does not split over {process_count} "
+                          f"processes; use a multiple of {process_count}")
+    image_options = image_options or images.ImageOptions()
+    mixture = parse_mixture(train)
+    identity = {'train': train, 'seed': seed, 'batch_size': batch_size, 'pack': pack}
+    first = sources.get(mixture[0][0], data_dir)
+    if not first.random_access:
+        if len(mixture) > 1 or pack:
+            raise ConfigError(f"dataset {mixture[0][0]!r} is streamed: it cannot be mixed or packed")
+        return _stream_batches(first, mixture[0][0], data_dir=data_dir, split=split, spec=spec,
+                               tokenizer=tokenizer, batch_size=batch_size, seed=seed,
+                               image_options=image_options, num_epochs=num_epochs,
+                               process_index=process_index, process_count=process_count)
+    stream = global_stream(mixture, data_dir=data_dir, split=split, spec=spec, seed=seed,
+                           image_options=image_options, num_epochs=num_epochs, shuffle=shuffle)
+    if pack:
+        if set(spec) != {'text'}:
+            raise ConfigError(f"data.pack packs text-only batches; this task's batch has "
+                              f"{', '.join(spec)}: set data.pack=False")
+        make = _packed_iterator(stream, length=spec['text'].shape[0], tokenizer=tokenizer,
+                                global_batch=batch_size, process_index=process_index,
+                                process_count=process_count, worker_count=worker_count)
+    else:
+        make = _rows_iterator(stream, global_batch=batch_size, process_index=process_index,
+                              process_count=process_count,
+                              collate=transforms.Collate(spec, tokenizer, image_options),
+                              worker_count=worker_count)
+    return TrainBatches(make, identity)
+
+
+def _stream_batches(dataset, name, *, data_dir, split, spec, tokenizer, batch_size, seed,
+                    image_options, num_epochs, process_index, process_count):
     _check_features(dataset, name, spec)
-    source = dataset.source(data_dir, split)
-    operations = [*dataset.example_ops(train=True),
-                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=True,
-                                         batch_fn=transforms.Collate(spec, tokenizer))]
-    if not dataset.random_access:
-        return StreamLoader(source, operations, seed=seed, num_epochs=num_epochs,
-                            process_index=process_index, process_count=process_count)
-    if worker_count > 0:
-        from absl import flags  # grain worker processes read absl flags.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-    shard = grain.sharding.ShardOptions(
-        shard_index=process_index, shard_count=process_count, drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=shuffle,
-        num_epochs=num_epochs, seed=seed)
-    loader = grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                              shard_options=shard, worker_count=worker_count,
-                              read_options=READ_OPTIONS)
-    return iter(loader)
+    collate = transforms.Collate(spec, tokenizer, image_options)
+    return StreamLoader(dataset.source(data_dir, split),
+                        example_ops(dataset, spec, image_options, train=True),
+                        grain.transforms.Batch(batch_size // process_count, drop_remainder=True,
+                                               batch_fn=collate),
+                        seed=seed, num_epochs=num_epochs, process_index=process_index,
+                        process_count=process_count)
 
 
 class StreamLoader:
@@ -71,12 +301,13 @@ class StreamLoader:
 
     Process p keeps records p, p + P, ... Random transforms draw from a generator seeded by
     (seed, epoch, record index). The state is the number of records read; `set_state`
-    re-reads up to it, which is exact but costs a pass over what was read.
+    re-reads up to it, which is exact but costs a pass over what was read, and it resumes
+    only on the same process count.
     """
 
-    def __init__(self, source, operations, *, seed, num_epochs, process_index, process_count):
+    def __init__(self, source, ops, batch, *, seed, num_epochs, process_index, process_count):
         self._source, self._seed, self._num_epochs = source, seed, num_epochs
-        *self._ops, self._batch = operations
+        self._ops, self._batch = ops, batch
         self._p, self._count = process_index, process_count
         self._position = (0, 0)
         self._records = self._walk((0, 0))
@@ -109,13 +340,16 @@ class StreamLoader:
         return json.dumps({'stream_position': list(self._position), 'process_count': self._count}).encode()
 
     def set_state(self, state: bytes) -> None:
-        position = json.loads(state)['stream_position']
-        self._position = tuple(position)
+        saved = json.loads(state)
+        if saved.get('process_count', self._count) != self._count:
+            raise ValueError(f"the saved position in a streamed dataset was read by "
+                             f"{saved['process_count']} processes; resume on that many")
+        self._position = tuple(saved['stream_position'])
         self._records = self._walk(self._position)
 
 
 def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_index=0,
-                 process_count=1, pad_to=1):
+                 process_count=1, pad_to=1, image_options=None):
     """One pass over a split for evaluation: yields (this process's batch, valid [b] bool).
 
     Process p reads records p, p + P, ...; every process yields the same number of batches
@@ -125,9 +359,11 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     randomness (eval masking) does not depend on the batch size or the process count.
     Records are read batch by batch, never the whole split at once.
     """
-    dataset = sources.get(name)
+    image_options = image_options or images.ImageOptions()
+    dataset = sources.get(name, data_dir)
     _check_features(dataset, name, spec)
-    ops, collate = dataset.example_ops(train=False), transforms.Collate(spec, tokenizer)
+    ops = example_ops(dataset, spec, image_options, train=False)
+    collate = transforms.Collate(spec, tokenizer, image_options)
     batch_size = math.ceil(batch_size / pad_to) * pad_to
     if dataset.random_access:
         source = dataset.source(data_dir, split)
@@ -155,11 +391,9 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
 def train_batches(run, data_dir, process_index, process_count):
     """This process's rows of each global training batch of `run` (a train.setup.Run)."""
     config = run.config
-    names = tuple(config.data.datasets)
-    if len(names) != 1:
-        raise ConfigError(f"data.datasets={names}: training reads one dataset for now; "
-                          f"name one (mixtures with weights are the next step of the data layer)")
-    return batches(names[0], data_dir=data_dir, split='train', spec=run.task.batch_spec(),
-                   tokenizer=run.tokenizer, batch_size=config.train.batch_size // process_count,
-                   seed=config.seed, process_index=process_index, process_count=process_count,
-                   worker_count=config.data.get('worker_count', 0))
+    return batches(config.data.train, data_dir=data_dir, split='train', spec=run.task.batch_spec(),
+                   tokenizer=run.tokenizer, batch_size=config.train.batch_size, seed=config.seed,
+                   image_options=images.ImageOptions.from_config(config.data),
+                   process_index=process_index, process_count=process_count,
+                   worker_count=config.data.get('worker_count', 0),
+                   pack=config.data.get('pack', False))

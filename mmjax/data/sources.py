@@ -3,14 +3,18 @@ transforms that turn its records into them.
 
 A dataset says whether its source is random-access (`len` and `[i]`: grain samples and
 checkpoints the exact position) or streamed (an iterable: resumed by counting what was
-read). `config.data.datasets` and each evaluator's `dataset` name one; a user's own
-dataset registers with `@DATASETS.register("name")`, or is named as 'module:Class'.
+read). `config.data.train` and each evaluator's `dataset` name one: a registered dataset
+(the built-in sets; a user's class registers with `@DATASETS.register("name")` or is named
+as 'module:Class'), or any tfds dataset folder in the data dir: what `mmjax data build`
+made, or a tfds catalog dataset prepared there as ArrayRecord.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 
+from mmjax.config import ConfigError
 from mmjax.data import transforms
 from mmjax.registry import Registry
 
@@ -58,13 +62,79 @@ class Dataset:
         return (source[i] for i in range(len(source))) if self.random_access else source
 
 
-def get(name: str) -> Dataset:
-    """The dataset object registered as `name`."""
-    return DATASETS.get(name)()
+class DatasetMissing(ConfigError):
+    """A dataset name that is neither registered nor built in the data dir."""
+
+
+def get(name: str, data_dir=None) -> Dataset:
+    """The dataset `name`: a registered one, else the tfds folder `data_dir/name`."""
+    if name in DATASETS.names() or ':' in name:
+        return DATASETS.get(name)()
+    if data_dir is not None:
+        path = tfds_folder(data_dir, name)
+        if path:
+            return TfdsFolder(name, path)
+    raise DatasetMissing(missing_message(name, data_dir))
+
+
+def missing_message(name, data_dir) -> str:
+    from mmjax.data import builders
+    root = builders.resolve_data_dir(data_dir)
+    there = sorted(d for d in (os.listdir(root) if os.path.isdir(root) else ())
+                   if tfds_folder(root, d))
+    return (f"dataset {name!r} is neither built in (valid: {', '.join(DATASETS.names())}) nor in "
+            f"data_dir {root} (which holds {', '.join(there) or 'no datasets'}); make it with "
+            f"`mmjax data build SOURCE --name {name} --data_dir {root}`")
+
+
+def tfds_folder(data_dir, name) -> str | None:
+    """`data_dir/name/VERSION` (the newest) holding a tfds dataset_info.json, else None."""
+    from mmjax.data import builders
+    root = os.path.join(builders.resolve_data_dir(data_dir), name)
+    if not os.path.isdir(root) or name.startswith('.'):
+        return None
+    versions = [v for v in os.listdir(root)
+                if os.path.isfile(os.path.join(root, v, 'dataset_info.json'))]
+    key = lambda v: tuple(int(x) if x.isdigit() else -1 for x in v.split('.'))
+    return os.path.join(root, max(versions, key=key)) if versions else None
+
+
+class InMemory:
+    """A small random-access source read once into memory: the built-in sets are a few MB,
+    and parsing a tfds record costs ~0.3 ms, more than the rest of a smoke step's input."""
+
+    def __init__(self, source):
+        self._records = source.__getitems__(range(len(source)))
+
+    def __len__(self):
+        return len(self._records)
+
+    def __getitem__(self, index):
+        return self._records[index]
+
+    def _getitems(self, indices):
+        return [self._records[i] for i in indices]
+
+
+class Batched:
+    """A tfds data source that grain reads many records at a time (`_getitems`)."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        return self._source[index]
+
+    def _getitems(self, indices):
+        return self._source.__getitems__(list(indices))
 
 
 class _Built(Dataset):
-    """A built-in tfds builder (ArrayRecord in the data dir, read with no TensorFlow)."""
+    """A built-in tfds builder (ArrayRecord in the data dir, read with no TensorFlow), small
+    enough to be held in memory."""
 
     builder = None   # the key of mmjax.data.builders.BUILDERS
 
@@ -74,7 +144,7 @@ class _Built(Dataset):
 
     def source(self, data_dir, split):
         from mmjax.data import builders
-        return builders.data_source(self.builder, data_dir, split)
+        return InMemory(builders.data_source(self.builder, data_dir, split))
 
 
 @DATASETS.register('digit_captions')
@@ -113,3 +183,43 @@ class PlayGenres(_Built):
     def example_ops(self, train):
         return [transforms.DecodeText()]
 
+
+
+class TfdsFolder(Dataset):
+    """A tfds dataset folder read as ArrayRecord with no TensorFlow: what `mmjax data build`
+    writes, or a tfds catalog dataset prepared in the data dir. Images come out as their
+    encoded bytes (decoded by the pipeline's image transforms); an 'image' + 'label' set
+    without text gets captions from its class names ("a photo of a {}.")."""
+
+    TEMPLATES = ('a photo of a {}.',)
+
+    def __init__(self, name, path):
+        import tensorflow_datasets as tfds  # Lazy: heavy.
+        self.name, self.path = name, path
+        self._builder = tfds.builder_from_directory(path)
+        features = self._builder.info.features
+        self._image_keys = [k for k in features if type(features[k]).__name__ == 'Image']
+        self._text_key = next((k for k in ('text', 'caption') if k in features), None)
+        label = features['label'] if 'label' in features else None
+        self.class_names = tuple(label.names) if hasattr(label, 'names') else None
+        self.splits = {k: v.num_examples for k, v in self._builder.info.splits.items()}
+        given = (('image' if 'image' in features else None), ('label' if label else None),
+                 ('text' if self._text_key or (label and self.class_names) else None))
+        self.features = tuple(f for f in given if f)
+        self.templates = self.TEMPLATES if self.class_names and not self._text_key else None
+
+    def source(self, data_dir, split):
+        import tensorflow_datasets as tfds
+        if split not in self.splits:
+            raise ConfigError(f"dataset {self.name!r} has no split {split!r}; it has "
+                              f"{', '.join(self.splits)}: set the evaluator's split")
+        return Batched(self._builder.as_data_source(
+            split, decoders={k: tfds.decode.SkipDecoding() for k in self._image_keys}))
+
+    def example_ops(self, train):
+        ops = []
+        if self._text_key:
+            ops.append(transforms.DecodeText(self._text_key))
+        elif self.templates:
+            ops.append(transforms.CaptionFromLabel(self.class_names, self.templates, random=train))
+        return ops

@@ -84,6 +84,11 @@ class ClipTokenizer:
         self.sot_id = vocab['<|startoftext|>']
         self.eot_id = vocab['<|endoftext|>']
         self.pad_id = 0
+        self.bos_id, self.eos_id = self.sot_id, self.eot_id
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens, no padding."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode(self, texts: Sequence[str], context_length: int) -> np.ndarray:
         """int32 [n, context_length]: SOT tokens EOT, then zeros."""
@@ -116,6 +121,11 @@ class WordPieceTokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             vocab[t] for t in WORDPIECE_SPECIALS)
         self.special_ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+        self.bos_id, self.eos_id = self.cls_id, self.sep_id
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens, no padding."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
@@ -182,7 +192,7 @@ def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
         path = os.path.join(builders.resolve_data_dir(data_dir),
                             f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}{suffix}.txt')
         if not os.path.exists(path):
-            texts = [t for n in corpus for t in sources.get(n).texts(data_dir, 'train')]
+            texts = [t for n in corpus for t in sources.get(n, data_dir).texts(data_dir, 'train')]
             WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
         return WordPieceTokenizer.from_vocab(path)
     raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')

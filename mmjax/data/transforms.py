@@ -1,8 +1,9 @@
 """grain transforms from records to examples, and the batch function that makes model inputs.
 
-Examples are dicts with some of 'image' (uint8 [H, W, C]), 'text' (str) and 'label' (int).
-`Collate` turns a list of them into the arrays a task's batch spec asks for: images resized
-to `data.image_size` and scaled to [-1, 1], text tokenised, everything else stacked.
+Examples are dicts with some of 'image' (uint8 [S, S, C] once mmjax.data.images' transforms
+ran), 'text' (str) and 'label' (int). `Collate` turns a list of them into the arrays a
+task's batch spec asks for: images normalised, text tokenised, everything else stacked.
+Keys starting with '_' are bookkeeping (row index, skipped records) and are stacked as given.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import grain
 import numpy as np
+
+from mmjax.data import images
 
 
 class CaptionFromLabel(grain.transforms.RandomMap):
@@ -28,21 +31,42 @@ class CaptionFromLabel(grain.transforms.RandomMap):
 
 
 class DecodeText(grain.transforms.Map):
-    """Record bytes -> str."""
+    """record[key] bytes -> 'text' str (str passes through). Bytes that are not UTF-8 or an
+    empty text raise ValueError: a bad record, which the pipeline skips and counts."""
+
+    def __init__(self, key: str = 'text'):
+        self.key = key
 
     def map(self, element):
-        return {**element, 'text': element['text'].decode('utf-8')}
+        text = element[self.key]
+        if isinstance(text, (bytes, np.bytes_)):
+            text = bytes(text).decode('utf-8')
+        if not text.strip():
+            raise ValueError('empty text')
+        return {**element, 'text': text}
 
 
 def apply_one(ops: Sequence, record, rng_seed):
     """One record through grain Map / RandomMap transforms outside a grain pipeline; the
-    random ones draw from a generator seeded by `rng_seed` (a tuple of ints)."""
+    random ones draw from one generator seeded by `rng_seed` (a tuple of ints)."""
+    rng = None
     for op in ops:
         if isinstance(op, grain.transforms.RandomMap):
-            record = op.random_map(record, np.random.default_rng(rng_seed))
+            rng = rng or np.random.Generator(np.random.Philox(key=_key(rng_seed)))
+            record = op.random_map(record, rng)
         else:
             record = op.map(record)
     return record
+
+
+def _key(rng_seed) -> int:
+    """A 64-bit Philox key from a tuple of ints (cheaper than a SeedSequence per record)."""
+    key = 0x9E3779B97F4A7C15
+    for value in rng_seed:
+        key = ((key ^ (int(value) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) \
+            & 0xFFFFFFFFFFFFFFFF
+        key ^= key >> 31
+    return key
 
 
 def apply(ops: Sequence, records: Iterable, seed: int = 0):
@@ -51,48 +75,28 @@ def apply(ops: Sequence, records: Iterable, seed: int = 0):
         yield apply_one(ops, record, (seed, index))
 
 
-def scale_images(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """uint8 [h, w, c] -> uint8 `shape` [H, W, C]: channels matched (grey <-> RGB), then
-    resized (bicubic) when the size differs."""
-    height, width, channels = shape
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] != channels:
-        if channels == 1:
-            image = image.mean(axis=-1, keepdims=True).round().astype(np.uint8)
-        elif image.shape[-1] == 1:
-            image = np.repeat(image, channels, axis=-1)
-        else:
-            raise ValueError(f'cannot turn {image.shape[-1]}-channel images into {channels} '
-                             f'channels; set data.image_channels to {image.shape[-1]}')
-    if image.shape[:2] != (height, width):
-        from PIL import Image
-        planes = [np.asarray(Image.fromarray(image[..., c]).resize((width, height), Image.BICUBIC))
-                  for c in range(image.shape[-1])]
-        image = np.stack(planes, axis=-1)
-    return image
-
-
 class Collate:
-    """Batch function: a list of examples -> {key: array [b, ...]} for the keys of `spec`."""
+    """Batch function: a list of examples -> {key: array [b, ...]} for the keys of `spec`
+    (and the '_' bookkeeping keys the examples carry)."""
 
-    def __init__(self, spec: dict, tokenizer=None):
+    def __init__(self, spec: dict, tokenizer=None, image_options=None):
         self.spec, self.tokenizer = spec, tokenizer
+        self.image_options = image_options or images.ImageOptions()
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
         out = {}
         for key, s in self.spec.items():
             if key == 'image':
-                images = np.stack([fit_image(e['image'], s.shape) for e in examples])
-                out[key] = scale_images(images).astype(s.dtype)
+                stacked = np.stack([e['image'] for e in examples])
+                if stacked.shape[1:] != tuple(s.shape):
+                    raise ValueError(f'images are {stacked.shape[1:]}, the model takes {s.shape}: '
+                                     f'data.image_size / data.image_channels disagree with the task')
+                out[key] = images.normalise(stacked, self.image_options).astype(s.dtype)
             elif key == 'text':
                 out[key] = self.tokenizer.encode([e['text'] for e in examples], s.shape[0])
             else:
                 out[key] = np.stack([np.asarray(e[key], s.dtype) for e in examples])
+        for key in examples[0]:
+            if key.startswith('_'):
+                out[key] = np.stack([e[key] for e in examples])
         return out

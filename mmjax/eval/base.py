@@ -7,7 +7,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
 from mmjax.config import ConfigError
-from mmjax.data import pipeline, sources
+from mmjax.data import images, pipeline, sources
 
 
 class Evaluator:
@@ -28,7 +28,7 @@ class Evaluator:
                 f"none: drop that entry from config.evals (or set evals = {{}} for the task's own)")
         self.setup, self.spec, self.data_dir = run_setup, dict(spec), data_dir
         self.every = int(self.spec["every"])
-        self.dataset = sources.get(self.spec["dataset"])
+        self.dataset = sources.get(self.spec["dataset"], data_dir)
         self._compiled = {}
 
     def run(self, params) -> dict:
@@ -73,7 +73,7 @@ class Evaluator:
             spec=spec, tokenizer=self.setup.tokenizer,
             batch_size=max(1, (batch_size or self.spec["batch_size"]) // jax.process_count()),
             process_index=jax.process_index(), process_count=jax.process_count(),
-            pad_to=self._pad_to())
+            pad_to=self._pad_to(), image_options=images.ImageOptions.from_config(self.setup.config.data))
         for index, (local, valid) in enumerate(batches):
             batch = sharding.global_batch(local | {"_valid": valid}, self.setup.mesh)
             outputs.append(jax.device_get(step(params, batch, np.int32(index))))

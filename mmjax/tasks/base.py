@@ -58,6 +58,11 @@ class Task:
         """{name: ExampleTerm | BatchTerm}; the step logs `<name>_loss` for each."""
         raise NotImplementedError
 
+    def train_datasets(self) -> list[str]:
+        """The names in `config.data.train` (a dataset or a mixture), in order."""
+        from mmjax.data.pipeline import parse_mixture  # Lazy: the data layer pulls in grain.
+        return [name for name, _ in parse_mixture(self.config.data.train)]
+
     def default_evals(self) -> dict:
         """{name: evaluator spec} used when `config.evals` lists none."""
         return {}

@@ -56,7 +56,7 @@ class Classify(Task):
         return {"classify": ExampleTerm(cross_entropy)}
 
     def default_evals(self):
-        return {"classify": dict(type="classify", dataset=self.config.data.datasets[0])}
+        return {"classify": dict(type="classify", dataset=self.train_datasets()[0])}
 
     def train_flops(self):
         m, d, b = self.config.model, self.config.data, self.config.train.batch_size

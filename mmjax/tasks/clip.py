@@ -57,7 +57,7 @@ class Clip(Task):
         return {"contrastive": BatchTerm(embed, loss)}
 
     def default_evals(self):
-        dataset = self.config.data.datasets[0]
+        dataset = self.train_datasets()[0]
         return {"zeroshot": dict(type="zeroshot", dataset=dataset),
                 "retrieval": dict(type="retrieval", dataset=dataset)}
 

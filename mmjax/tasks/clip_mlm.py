@@ -26,7 +26,7 @@ class ClipMlm(Clip):
 
     def default_evals(self):
         return super().default_evals() | {
-            "mlm": dict(type="mlm", dataset=self.config.data.datasets[0])}
+            "mlm": dict(type="mlm", dataset=self.train_datasets()[0])}
 
     def train_flops(self):
         """CLIP's, plus the text tower run again on the masked captions, plus the MLM head."""

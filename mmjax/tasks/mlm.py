@@ -64,7 +64,7 @@ class Mlm(Task):
         return {"mlm": mlm_term(self.config, self.tokenizer, model)}
 
     def default_evals(self):
-        return {"mlm": dict(type="mlm", dataset=self.config.data.datasets[0])}
+        return {"mlm": dict(type="mlm", dataset=self.train_datasets()[0])}
 
     def examples_per_step(self):
         return self.config.train.batch_size * self.config.model.text.context_length

@@ -7,12 +7,12 @@ import time
 import jax
 
 from mmjax import eval as evaluators
-from mmjax import sharding
 from mmjax.checkpoint import Checkpointer, PreemptionNotice
 from mmjax.data import pipeline
 from mmjax.metrics import MetricWriter, Throughput
 from mmjax.train import TrainingDiverged, init_from
 from mmjax.train.early_stop import EarlyStopping
+from mmjax.train.feed import Feed
 from mmjax.train.setup import setup
 
 
@@ -87,7 +87,8 @@ def train(config, workdir, data_dir, weights_only=False):
     end = start if stopping.record["stopped"] else config.train.steps  # stopped early before
     max_skipped = config.optim.get("max_skipped_steps", 10)
     results = {}
-    batch = sharding.global_batch(next(batches), run.mesh) if start < end else None
+    feed = Feed(batches, run.mesh, config.data.get("max_bad_fraction", 0.01)) if start < end else None
+    batch, batch_state = feed.next() if feed else (None, None)
     if batch is not None:
         for line in describe_memory(state, train_step.compile(state, batch)):
             writer.print(line)
@@ -98,14 +99,15 @@ def train(config, workdir, data_dir, weights_only=False):
         last = step == config.train.steps
         preempted = preemption(step)
         save = step % config.train.checkpoint_every == 0 or last or preempted
-        data_state = batches.get_state() if save else None  # before the next batch is read
+        consumed = batch_state  # the data position after this step's batch
+        data_state = consumed if save else None
         if not (last or preempted):
-            batch = sharding.global_batch(next(batches), run.mesh)  # overlaps with the step
+            batch, batch_state = feed.next()  # made ahead by the feed's thread
         if step % config.train.log_every == 0 or last:
             metrics = jax.device_get(metrics)
             rate = throughput(step)
             writer.write(step, {f"train/{k}": v for k, v in metrics.items()} |
-                         {"train/examples_per_s": rate})
+                         {"train/examples_per_s": rate} | feed.stats())
             writer.progress(step, float(metrics["loss"]), rate)
             if int(metrics.get("skipped_steps", 0)) > max_skipped:
                 ckpt.wait()
@@ -121,7 +123,7 @@ def train(config, workdir, data_dir, weights_only=False):
             writer.print(f"step {step}: " + _summary(results))
             stop = stopping.update(step, results, state.params) and not last
             if stop:
-                data_state = batches.get_state() if not save else data_state
+                data_state = consumed
                 save = True
         if save:
             ckpt.save(step, state, data_state)
@@ -138,6 +140,8 @@ def train(config, workdir, data_dir, weights_only=False):
     if stopping.enabled:
         writer.print(stopping.summary())
         results = results | {"best_step": stopping.record["step"]}
+    if feed:
+        feed.close()
     ckpt.wait()
     ckpt.close()
     writer.close()

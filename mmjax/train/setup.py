@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from mmjax import sharding, tasks
 from mmjax.config import ConfigError
-from mmjax.data import sources
+from mmjax.data import pipeline, sources
 from mmjax.data.tokenizers import get_tokenizer
 from mmjax.optim import make_optimizer
 from mmjax.train.state import abstract_train_state, create_train_state, init_fn
@@ -46,15 +46,16 @@ class Run:
 def prepare_data(config, data_dir):
     """Builds the datasets the config names and its tokenizer on first use (process 0 first,
     then the others, so a shared filesystem is written once); returns the tokenizer."""
-    names = set(config.data.datasets) | set(config.data.get("tokenizer_data") or ())
+    train = [name for name, _ in pipeline.parse_mixture(config.data.train)]
+    names = set(train) | set(config.data.get("tokenizer_data") or ())
     names |= {spec["dataset"] for spec in config.get("evals", {}).values() if "dataset" in spec}
     tokenizer = None
     for first in (True, False):
         if (jax.process_index() == 0) == first:
             for name in sorted(names):
-                sources.get(name).prepare(data_dir)
+                sources.get(name, data_dir).prepare(data_dir)
             tokenizer = get_tokenizer(config.data.tokenizer, data_dir,
-                                      config.data.get("tokenizer_data") or config.data.datasets,
+                                      config.data.get("tokenizer_data") or train,
                                       config.data.get("vocab_file", ""))
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"mmjax_prepare_data_{first}")
@@ -62,6 +63,15 @@ def prepare_data(config, data_dir):
         raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size} tokens but "
                           f"model.text.vocab_size={config.model.text.vocab_size}; raise the latter")
     return tokenizer
+
+
+def check_image_size(config, task):
+    """A task that reads images needs data.image_size to be a multiple of the patch size."""
+    size, patch = config.data.image_size, config.model.image.patch_size
+    if "image" in task.batch_spec() and size % patch:
+        fit = max(patch, round(size / patch) * patch)
+        raise ConfigError(f"data.image_size={size} is not a multiple of model.image.patch_size="
+                          f"{patch}; set --config.data.image_size={fit} (or another multiple)")
 
 
 def setup(config, *, data_dir=None, tokenizer=None, devices=None, mesh=None, check_batch=True) -> Run:
@@ -75,6 +85,7 @@ def setup(config, *, data_dir=None, tokenizer=None, devices=None, mesh=None, che
     if tokenizer is None and data_dir is not None:
         tokenizer = prepare_data(config, data_dir)
     task = tasks.get(config, tokenizer)
+    check_image_size(config, task)
     model = task.build_model()
     tx, lr_schedule = make_optimizer(config.optim, config.train.steps, config.model)
     abstract, shardings = abstract_train_state(init_fn(task, model, tx), config.seed, mesh, rule_table)
