@@ -10,7 +10,7 @@ from mmjax.checkpoint import CheckpointError
 from mmjax.convert import FORMATS
 from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
 from mmjax.sharding import MeshError
-from mmjax.train import TrainingDiverged
+from mmjax.train import BadData, TrainingDiverged
 
 
 def _parser():
@@ -166,7 +166,7 @@ def main(argv=None):
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
     except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
-            PermissionError, TrainingDiverged) as e:
+            PermissionError, TrainingDiverged, BadData) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

@@ -5,6 +5,7 @@ run killed with -9 resumes on another number of hosts where it stopped."""
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ ARGS = ["--config", "configs/smoke_clip_mlm.py",
         "--config.model.image.width=32", "--config.model.image.mlp_dim=64",
         "--config.model.image.num_heads=2", "--config.model.text.depth=1",
         "--config.model.text.width=32", "--config.model.text.mlp_dim=64",
-        "--config.model.text.num_heads=2", "--config.evals={}"]
+        "--config.model.text.num_heads=2"]
 DEVICES = 6
 TIMEOUT = 600
 
@@ -78,29 +79,34 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-    workdir = tmp_path_factory.mktemp("one") / "run"
-    _finish(*_start(workdir, env, 1))
-    losses = _losses(workdir)
-    assert sorted(losses) == list(range(1, 7)) and "train/mlm_loss" in losses[1]
+def uninterrupted(tmp_path_factory, env):
+    """processes -> {step: losses} of an uninterrupted run on that many hosts (cached)."""
+    runs = {}
+
+    def losses(processes):
+        if processes not in runs:
+            workdir = tmp_path_factory.mktemp(f"hosts{processes}") / "run"
+            _finish(*_start(workdir, env, processes))
+            runs[processes] = _losses(workdir)
+        return runs[processes]
     return losses
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [2, 3])
-def test_clip_mlm_logs_the_same_losses_on_any_number_of_hosts(tmp_path, env, reference,
-                                                              processes):
-    workdir = tmp_path / "run"
-    _finish(*_start(workdir, env, processes))
-    losses = _losses(workdir)
+def test_clip_mlm_logs_the_same_losses_on_any_number_of_hosts(uninterrupted, processes):
+    """The same rows in the same order: the MLM masks (drawn per row of the global batch) and
+    the contrastive loss agree; only the rounding of cross-host sums differs (~1 ulp)."""
+    reference, losses = uninterrupted(1), uninterrupted(processes)
+    assert sorted(reference) == list(range(1, 7)) and "train/mlm_loss" in reference[1]
     assert losses.keys() == reference.keys()
     for step in losses:
         for key, value in reference[step].items():
-            assert losses[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+            assert losses[step][key] == pytest.approx(value, rel=1e-6), (step, key)
 
 
 @pytest.mark.slow
-def test_killed_on_two_hosts_resumes_on_three_where_it_stopped(tmp_path, env, reference):
+def test_killed_on_two_hosts_resumes_on_three_bitwise(tmp_path, env, uninterrupted):
     workdir = tmp_path / "run"
     procs, logs = _start(workdir, env, 2)
     deadline = time.time() + TIMEOUT
@@ -112,12 +118,11 @@ def test_killed_on_two_hosts_resumes_on_three_where_it_stopped(tmp_path, env, re
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     output = _finish(*_start(workdir, env, 3))
-    resumed_at = int(output.split("resuming at step ")[1].split(";")[0])
+    resumed_at = int(re.search(r"resuming at step (\d+)", output).group(1))
     assert resumed_at in (2, 4)
-    losses = _losses(workdir)
+    losses, three = _losses(workdir), uninterrupted(3)
     for step in range(resumed_at + 1, 7):
-        for key, value in reference[step].items():
-            assert losses[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+        assert losses[step] == three[step], step   # bitwise: the 3-host run from scratch
 
 
 def _losses_or_none(workdir):

@@ -229,3 +229,56 @@ def test_undecodable_bytes_are_a_bad_image():
 def test_a_dataset_not_built_names_the_build_command(tmp_path):
     with pytest.raises(sources.DatasetMissing, match='mmjax data build SOURCE --name my_photos'):
         sources.get('my_photos', str(tmp_path))
+
+
+def test_a_prepared_tfds_folder_is_a_dataset_by_its_name(data_dir):
+    """Any tfds dataset prepared as ArrayRecord in the data dir (here the folder tfds wrote
+    for the built-in play genres) is named directly: features, class names and splits come
+    from its dataset_info."""
+    folder = sources.get('mmjax_play_genres', data_dir)
+    assert isinstance(folder, sources.TfdsFolder)
+    assert folder.class_names == sources.get('play_genres').class_names
+    assert set(folder.features) == {'text', 'label'} and set(folder.splits) == {'train', 'test'}
+    spec = {'text': jax.ShapeDtypeStruct((16,), np.int32), 'label': jax.ShapeDtypeStruct((), np.int32)}
+    batch, = _global('mmjax_play_genres', data_dir, 1, 1, spec=spec)[0]
+    assert batch['text'].shape == (24, 16) and 0 <= batch['label'].min() <= batch['label'].max() < 6
+    with pytest.raises(ConfigError, match="no split 'validation'; it has"):
+        folder.source(data_dir, 'validation')
+
+
+class _Batches:
+    """Batches of 10 rows with `bad` skipped records each, and a position."""
+
+    def __init__(self, bad):
+        self.bad, self.read = bad, 0
+
+    def __next__(self):
+        self.read += 1
+        skipped = np.zeros(10, np.int32)
+        skipped[:self.bad] = 1
+        return {'x': np.arange(10, dtype=np.float32), '_skipped': skipped,
+                '_bad': np.array([f'row {i} bad' if s else '' for i, s in enumerate(skipped)])}
+
+    def get_state(self):
+        return str(self.read).encode()
+
+
+def test_feed_reports_skips_and_stops_past_the_allowed_fraction():
+    from mmjax import sharding
+    from mmjax.config import defaults
+    from mmjax.train import BadData
+    from mmjax.train.feed import Feed
+    mesh = sharding.make_mesh(defaults().mesh, devices=jax.devices()[:1])
+    feed = Feed(_Batches(bad=0), mesh, max_bad_fraction=0.05)
+    batch, state = feed.next()
+    assert state == b'1' and np.asarray(batch['x']).tolist() == list(range(10))
+    assert set(batch) == {'x'}                                   # bookkeeping popped
+    stats = feed.stats()
+    assert stats['data/skipped'] == 0 and 0 <= stats['train/data_wait_frac'] <= 1
+    feed.close()
+    feed = Feed(_Batches(bad=1), mesh, max_bad_fraction=0.05)   # 1 in 11 read: 9% > 5%
+    for _ in range(12):
+        feed.next()
+    with pytest.raises(BadData, match=r'12 of 132 records .* row 0 bad'):
+        feed.stats()
+    feed.close()

@@ -16,10 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import sharding
-
-
-class BadData(ValueError):
-    """More records failed to decode than `data.max_bad_fraction` allows."""
+from mmjax.train import BadData
 
 
 class Feed:
