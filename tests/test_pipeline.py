@@ -166,6 +166,9 @@ def test_mlm_packing_fills_rows_with_whole_documents(data_dir):
     two, _ = _global('prose', data_dir, 2, 3, batch_size=8, spec=spec, tokenizer=wordpiece,
                      pack=True)
     _assert_equal(packed, two)
+    in_a_worker, _ = _global('prose', data_dir, 1, 3, batch_size=8, spec=spec,
+                             tokenizer=wordpiece, pack=True, worker_count=1)
+    _assert_equal(packed, in_a_worker)
 
 
 def test_random_crop_box_is_inside_and_sized():

@@ -206,32 +206,65 @@ def _absl_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-class _Tokenize(grain.transforms.Map):
-    """'text' -> int32 ids followed by the end-of-document token, no padding (for packing)."""
+DOCUMENTS_PER_READ = 256   # packing tokenises documents in groups: one encode_batch per group
+
+
+class _TokenizeDocuments:
+    """batch_fn: documents -> [{'text': int32 ids + end-of-document token, '_skipped'}], one
+    `encode_batch` for the group (parallel in the Rust tokenizer, cheap to send from a worker)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
-    def map(self, element):
-        ids = self.tokenizer.ids([element['text']])[0] + [self.tokenizer.eos_id]
-        skipped = np.zeros(len(ids), np.int32)   # packed along: a row sums its documents'
-        skipped[0] = element['_skipped']
-        return {'text': np.asarray(ids, np.int32), '_skipped': skipped}
+    def __call__(self, examples):
+        out = []
+        for ids, example in zip(self.tokenizer.ids([e['text'] for e in examples]), examples):
+            skipped = np.zeros(len(ids) + 1, np.int32)   # packed along: a row sums its documents'
+            skipped[0] = example['_skipped']
+            out.append({'text': np.asarray(ids + [self.tokenizer.eos_id], np.int32),
+                        '_skipped': skipped})
+        return out
+
+
+class _Flatten(grain.IterDataset):
+    """Groups of elements -> the elements, in order."""
+
+    def __iter__(self):
+        return _FlattenIterator(self._parent.__iter__())
+
+
+class _FlattenIterator(grain.DatasetIterator):
+    def __init__(self, parent):
+        super().__init__(parent)
+        self._buffer = []
+
+    def __next__(self):
+        while not self._buffer:
+            self._buffer = list(next(self._parent))[::-1]
+        return self._buffer.pop()
+
+    def get_state(self):   # asked for by the packer; never restored (TrainBatches re-reads)
+        return {'buffered': len(self._buffer)}
+
+    def set_state(self, state):
+        raise NotImplementedError('packed streams resume by re-reading (TrainBatches)')
 
 
 def _packed_iterator(stream, *, length, tokenizer, global_batch, process_index, process_count,
                      worker_count):
-    """make(start) for packed MLM rows: the packed global stream, this process's block."""
+    """make(start) for packed MLM rows: the packed global stream, this process's block. A
+    resumed stream re-reads (and re-tokenises) what came before `start`."""
     from grain.experimental import ConcatThenSplitIterDataset
     local = global_batch // process_count
 
     def make(start):
-        it = stream.map(_Tokenize(tokenizer)).to_iter_dataset(READ_OPTIONS)
+        groups = stream.batch(DOCUMENTS_PER_READ, batch_fn=_TokenizeDocuments(tokenizer))
+        it = groups.to_iter_dataset(READ_OPTIONS)
         if worker_count > 0:
             _absl_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
         packed = ConcatThenSplitIterDataset(
-            it, length_struct={'text': length - 1, '_skipped': length - 1})
+            _Flatten(it), length_struct={'text': length - 1, '_skipped': length - 1})
 
         def batches():
             rows = iter(packed)

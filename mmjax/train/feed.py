@@ -1,8 +1,11 @@
-"""The loop's data feed: global batches made ahead in a thread, the time the loop waits for
-them, and the count of bad records the pipeline skipped.
+"""The loop's data feed: global batches made ahead in a thread, the time the device waits
+for them, and the count of bad records the pipeline skipped.
 
-`train/data_wait_frac` is the time the loop blocked on the next batch over the wall time of
-the interval: near 0 when the input keeps up, near 1 when the step waits for data.
+`train/data_wait_frac` is the share of wall time the device sat idle waiting for the next
+batch: the loop dispatches steps asynchronously and usually runs ahead of the device, so the
+time the host blocks on the queue is not the measure; what counts is the part of that wait
+after the last dispatched step finished (polled every millisecond). Near 0 when the input
+keeps up, near 1 when the step waits for data.
 """
 
 from __future__ import annotations
@@ -49,10 +52,20 @@ class Feed:
         except BaseException as err:  # handed to the loop, which raises it
             self._queue.put(err)
 
-    def next(self):
-        start = time.perf_counter()
-        item = self._queue.get()
-        self._wait += time.perf_counter() - start
+    def next(self, in_flight=None):
+        """The next (global batch, data state); `in_flight` is an output of the last step
+        dispatched (the device is idle once it is ready)."""
+        leaves = [x for x in jax.tree.leaves(in_flight) if hasattr(x, 'is_ready')]
+        idle_since = None
+        while True:
+            try:
+                item = self._queue.get(timeout=0.001)
+                break
+            except queue.Empty:
+                if idle_since is None and all(x.is_ready() for x in leaves):
+                    idle_since = time.perf_counter()
+        if idle_since is not None:
+            self._wait += time.perf_counter() - idle_since
         if isinstance(item, BaseException):
             raise item
         batch, state, skipped, bad = item

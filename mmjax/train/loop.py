@@ -102,7 +102,7 @@ def train(config, workdir, data_dir, weights_only=False):
         consumed = batch_state  # the data position after this step's batch
         data_state = consumed if save else None
         if not (last or preempted):
-            batch, batch_state = feed.next()  # made ahead by the feed's thread
+            batch, batch_state = feed.next(metrics)  # made ahead by the feed's thread
         if step % config.train.log_every == 0 or last:
             metrics = jax.device_get(metrics)
             rate = throughput(step)
