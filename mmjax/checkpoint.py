@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 # Keys of the config that make a checkpoint what it is: they must match to resume from it.
 # Everything else (train.steps, mesh, optimiser settings, ...) may change between runs.
 MATCH_KEYS = ("task", "seed", "model", "data", "optim.name")
-# ... except these, which change how the model computes, not its parameters.
-COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention")
+# ... except these, which change how the model computes or the input is read, not what.
+COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention", "data.worker_count",
+                "data.max_bad_fraction")
 
 
 class CheckpointError(RuntimeError):

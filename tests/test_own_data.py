@@ -1,7 +1,7 @@
-"""Bring your own data, end to end: real digit images written to disk as a caption table (3%
-of it corrupt), a WebDataset tar set and an image folder are built with `mmjax data build`;
-the smoke CLIP trains on a mixture of the first two and is scored zero-shot on the folder;
-a folder of text files trains MLM with packing."""
+"""Bring your own data, end to end: real digit images written to disk as a caption table
+(3% of the images corrupt, 1% of the captions empty), a WebDataset tar set and an image
+folder are built with `mmjax data build`; the smoke CLIP trains on a mixture of the first
+two and is scored zero-shot on the folder; a folder of text files trains MLM with packing."""
 
 import csv
 import gzip
@@ -64,14 +64,16 @@ def sources(tmp_path_factory):
     # A caption table over PNG files, relative paths; 3% of the rows corrupt (truncated PNG).
     (root / 'table' / 'img').mkdir(parents=True)
     half = len(train) // 2
-    corrupt = set(rng.choice(half, size=int(0.03 * half), replace=False).tolist())
+    bad = rng.choice(half, size=int(0.04 * half), replace=False).tolist()
+    corrupt, empty = set(bad[:int(0.03 * half)]), set(bad[int(0.03 * half):])   # 3% + 1%
     with open(root / 'table' / 'captions.csv', 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['filepath', 'caption'])
         for row, i in enumerate(train[:half]):
             data = _png(images[i])
             (root / 'table' / 'img' / f'{i}.png').write_bytes(data[:40] if row in corrupt else data)
-            writer.writerow([f'img/{i}.png', CAPTION_TEMPLATES[row % 6].format(DIGIT_NAMES[labels[i]])])
+            caption = '' if row in empty else CAPTION_TEMPLATES[row % 6].format(DIGIT_NAMES[labels[i]])
+            writer.writerow([f'img/{i}.png', caption])
     # A WebDataset tar set as img2dataset writes it: 2 shards of KEY.png + KEY.txt + KEY.json.
     (root / 'wds').mkdir()
     rest = train[half:]
@@ -90,7 +92,7 @@ def sources(tmp_path_factory):
         folder = root / 'folder' / DIGIT_NAMES[labels[i]]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f'{i}.png').write_bytes(_png(images[i]))
-    return root, len(corrupt)
+    return root, len(corrupt), len(empty)
 
 
 @pytest.fixture(scope='module')
@@ -101,12 +103,13 @@ def env(tmp_path_factory):
 
 @pytest.mark.slow
 def test_built_table_webdataset_and_folder_train_clip_above_chance(sources, env, tmp_path):
-    root, corrupt = sources
+    root, corrupt, empty = sources
     data = ['--data_dir', env['MMJAX_DATA']]
     table = json.loads(_mmjax('data', 'build', str(root / 'table' / 'captions.csv'),
                               '--name', 'digits_table', '--max_bad_fraction', '0.05',
                               '--val_fraction', '0', *data, env=env))
-    assert table['skipped'] == {'bad_image': corrupt} and table['examples'] == 1000 - corrupt
+    assert table['skipped'] == {'bad_image': corrupt, 'empty_caption': empty}
+    assert table['examples'] == 1000 - corrupt - empty
     wds = json.loads(_mmjax('data', 'build', str(root / 'wds' / '{00000..00001}.tar'),
                             '--name', 'digits_wds', '--val_fraction', '0', *data, env=env))
     assert wds['examples'] == 1000 and wds['skipped'] == {}

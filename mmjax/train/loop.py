@@ -7,7 +7,7 @@ import time
 import jax
 
 from mmjax import eval as evaluators
-from mmjax.checkpoint import Checkpointer, PreemptionNotice
+from mmjax.checkpoint import CheckpointError, Checkpointer, PreemptionNotice
 from mmjax.data import pipeline
 from mmjax.metrics import MetricWriter, Throughput
 from mmjax.train import TrainingDiverged, init_from
@@ -58,7 +58,10 @@ def train(config, workdir, data_dir, weights_only=False):
     restored = ckpt.restore(run.abstract_state, weights_only=weights_only)
     if restored and not restored.params_only:
         start, state, origin = restored.step, restored.state, f"resuming at step {restored.step}"
-        batches.set_state(restored.data_state)
+        try:
+            batches.set_state(restored.data_state)
+        except ValueError as e:
+            raise CheckpointError(f"{workdir}/checkpoints/{restored.step}: {e}") from None
     else:
         start, origin = 0, "from scratch"
         state = run.init_state()
