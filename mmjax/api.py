@@ -1,0 +1,112 @@
+"""Use a trained or imported model from Python:
+
+    import mmjax
+    model = mmjax.load("runs/smoke_clip")          # a workdir, or an `mmjax export --format params` dir
+    z_image = model.encode_image(images)            # uint8 arrays, encoded bytes or PIL images -> [n, d]
+    z_text = model.encode_text(["a photo of the digit seven"])
+    probs = (100 * z_image @ z_text.T)              # embeddings are L2-normalised
+
+Inputs go through the evaluators' own transforms (resize + centre crop to the model's image
+size and channels, the config's mean/std, its tokenizer), in jitted fixed-size batches on
+the default device (CPU, GPU or TPU). MLM models have `fill_mask(text)` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from mmjax import tasks
+from mmjax.data import images as image_ops
+from mmjax.data.builders import DEFAULT_DATA_DIR
+from mmjax.data.pipeline import parse_mixture
+from mmjax.data.tokenizers import get_tokenizer
+
+
+def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
+         batch_size: int = 64) -> Model:
+    """The model of a workdir (its newest checkpoint, or `step`) or of a params export.
+    `data_dir` holds a trained WordPiece vocabulary (the one the run used)."""
+    from mmjax import export  # Lazy: orbax.
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        config, _, params = export.read_checkpoint(path, step)
+    elif os.path.isdir(os.path.join(path, export.PARAMS_DIR)):
+        config, params = export.load_params(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/) nor an "
+                                f"`mmjax export --format params` directory")
+    data = config.data
+    corpus = tuple(data.get("tokenizer_data") or ()) or tuple(n for n, _ in parse_mixture(data.train))
+    tokenizer = get_tokenizer(data.tokenizer, data_dir, corpus, data.get("vocab_file", ""))
+    return Model(config, params, tokenizer, batch_size)
+
+
+class Model:
+    """A model with its preprocessing: `encode_image`, `encode_text`, `tokenize`, `preprocess`
+    (CLIP-style models), `fill_mask` (MLM models)."""
+
+    def __init__(self, config, params, tokenizer, batch_size=64):
+        self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size
+        self.task = tasks.get(config, tokenizer)
+        self.module = self.task.build_model()
+        self.params = jax.device_put(params)
+        self.image_options = image_ops.ImageOptions.from_config(config.data)
+        self._eval_image = image_ops.EvalImage(self.image_options)
+
+    @functools.cache
+    def _method(self, name):
+        return jax.jit(lambda params, *args: self.module.apply({"params": params}, *args, method=name))
+
+    def _batched(self, name, *inputs):
+        """method(inputs) in batches of `batch_size` rows (the last one padded: one compile)."""
+        n, b, out = len(inputs[0]), self.batch_size, []
+        for start in range(0, n, b):
+            chunk = [x[start:start + b] for x in inputs]
+            pad = b - len(chunk[0])
+            chunk = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in chunk]
+            out.append(np.asarray(self._method(name)(self.params, *chunk))[:b - pad])
+        return np.concatenate(out)
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Images (uint8 [h, w(, c)] arrays, encoded bytes or PIL images) -> float32
+        [n, S, S, C], exactly as the evaluators see them."""
+        def pixels(image):
+            if hasattr(image, "convert"):   # a PIL image
+                image = np.asarray(image.convert("RGB" if self.image_options.channels == 3 else "L"))
+            return self._eval_image.map({"image": image})["image"]
+        stacked = np.stack([pixels(image) for image in images])
+        return image_ops.normalise(stacked, self.image_options)
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """int32 [n, context_length], as the model was trained on."""
+        return self.tokenizer.encode(list(texts), self.config.model.text.context_length)
+
+    def encode_image(self, images: Sequence) -> np.ndarray:
+        """[n, embed_dim] image embeddings (L2-normalised for CLIP models)."""
+        return self._batched("encode_image", self.preprocess(images))
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, embed_dim] text embeddings."""
+        return self._batched("encode_text", self.tokenize(texts))
+
+    def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each mask token in `text` (e.g. "to be or [MASK] to be"): the `top_k`
+        (token, probability) predictions of an MLM model."""
+        tokens = self.tokenize([text])
+        slots = np.flatnonzero(tokens[0] == self.tokenizer.mask_id)
+        if not len(slots):
+            raise ValueError(f"no mask token in {text!r}: write [MASK] where a word should be predicted")
+        positions = np.zeros((1, self.config.model.mlm.max_predictions), np.int32)
+        positions[0, :len(slots)] = slots[:positions.shape[1]]
+        logits = np.asarray(self._method("mlm_logits")(self.params, tokens, positions))[0]
+        out = []
+        for row in logits[:len(slots)]:
+            probs = np.exp(row - row.max())
+            probs /= probs.sum()
+            best = np.argsort(-probs)[:top_k]
+            out.append([(self.tokenizer.decode([i]) or str(i), float(probs[i])) for i in best])
+        return out
