@@ -1,4 +1,4 @@
-"""`mmjax.load`: a trained run's model in Python gives the embeddings its evaluators use."""
+"""`mmjax.load`: a run's model in Python gives the embeddings its evaluators use."""
 
 import jax
 import numpy as np
@@ -10,7 +10,6 @@ from mmjax import eval as evaluators
 from mmjax.api import Model
 from mmjax.data import builders, sources
 from mmjax.data.tokenizers import WordPieceTokenizer
-from mmjax.train.loop import train
 from mmjax.train.setup import setup
 
 SHRINK = ["--config.train.steps=4", "--config.train.log_every=2", "--config.train.eval_every=4",
@@ -24,11 +23,14 @@ SHRINK = ["--config.train.steps=4", "--config.train.log_every=2", "--config.trai
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A workdir with a step-0 checkpoint of a small smoke CLIP (as `mmjax import` writes it)."""
+    from mmjax.export import write_workdir
     data_dir = str(tmp_path_factory.mktemp("data"))
     builders.prepare("digit_captions", data_dir)
     workdir = str(tmp_path_factory.mktemp("run") / "clip")
     config = config_lib.load("configs/smoke_clip.py", SHRINK)
-    train(config, workdir, data_dir)
+    params = jax.device_get(setup(config, data_dir=data_dir).init_state().params)
+    write_workdir(config, params, workdir, data_dir)
     return config, workdir, data_dir
 
 

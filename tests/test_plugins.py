@@ -220,3 +220,20 @@ def test_a_streamed_position_resumes_only_on_as_many_processes():
     assert data_state_for({"iterators": states}, 1, 2) == states[1].encode()
     with pytest.raises(CheckpointError, match="written by 2 processes reading a streamed dataset"):
         data_state_for({"iterators": states}, 0, 4)
+
+
+def test_retrieval_recall_with_several_captions_per_image_by_hand():
+    """Images A, B with two captions each. A's captions: a1 near A, a2 nearer B; B's: b1 near
+    B, b2 nearer A. Image queries: A's best text a1, B's best b1: i2t R@1 = 1. Text queries:
+    a1 -> A right, a2 -> B wrong, b1 -> B right, b2 -> A wrong: t2i R@1 = 1/2; at K = 2
+    every query is right."""
+    from mmjax.eval.retrieval import image_identity, recall_at_k
+    images = np.array([[1.0, 0.0], [0.0, 1.0]])
+    texts = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.6, 0.4]])
+    image_of_text, first = image_identity(np.array([[3.0, 1.0], [3.0, 1.0], [2.0, 5.0], [2.0, 5.0]]))
+    assert image_of_text.tolist() == [0, 0, 1, 1] and first.tolist() == [0, 2]
+    got = recall_at_k(images, texts, image_of_text, ["a1", "a2", "b1", "b2"], ks=(1, 2))
+    assert got == {"i2t_r1": 1.0, "t2i_r1": 0.5, "i2t_r2": 1.0, "t2i_r2": 1.0}
+    # Word-for-word equal captions are one answer: if b2 reads "a1", it is right for A.
+    same = recall_at_k(images, texts, image_of_text, ["a1", "a2", "b1", "a1"], ks=(1,))
+    assert same == {"i2t_r1": 1.0, "t2i_r1": 0.75}
