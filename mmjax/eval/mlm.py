@@ -1,6 +1,8 @@
-"""Held-out masked-token accuracy, next to always predicting the most frequent token."""
+"""Held-out masked-token accuracy and perplexity, next to always predicting the most frequent
+token."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmjax.eval import EVALUATORS
@@ -20,6 +22,12 @@ def masked_accuracy(predictions, labels, weights, baseline_token):
     w = np.asarray(weights) > 0
     return (float(np.mean(np.asarray(predictions)[w] == np.asarray(labels)[w])),
             float(np.mean(np.asarray(labels)[w] == baseline_token)))
+
+
+def perplexity(nll, weights):
+    """exp of the mean negative log-likelihood over the positions with weight > 0."""
+    w = np.asarray(weights) > 0
+    return float(np.exp(np.mean(np.asarray(nll, np.float64)[w])))
 
 
 @EVALUATORS.register("mlm")
@@ -52,11 +60,15 @@ class MaskedLM(Evaluator):
         masked = jax.vmap(lambda key, row: jax.tree.map(lambda x: x[0], self.mask(key, row[None])))(
             keys, batch["text"])
         logits = self.apply(params, (masked["inputs"], masked["positions"]), "mlm_logits")
-        return {"pred": logits.argmax(-1), "labels": masked["labels"], "weights": masked["weights"]}
+        log_probs = jax.nn.log_softmax(logits.astype(np.float32), axis=-1)
+        nll = -jnp.take_along_axis(log_probs, masked["labels"][..., None], axis=-1)[..., 0]
+        return {"pred": logits.argmax(-1), "labels": masked["labels"], "weights": masked["weights"],
+                "nll": nll}
 
     def run(self, params):
         if self.baseline is None:
             self.baseline = self._baseline()
         out = self.map_split(self._predict, params, self.batch_spec)
         acc, base = masked_accuracy(out["pred"], out["labels"], out["weights"], self.baseline)
-        return {"accuracy": acc, "baseline_accuracy": base}
+        return {"accuracy": acc, "baseline_accuracy": base,
+                "perplexity": perplexity(out["nll"], out["weights"])}

@@ -20,6 +20,21 @@ def top1_accuracy(image_embeddings, labels, classes):
     return float(np.mean(np.argmax(image_embeddings @ classes.T, axis=-1) == labels))
 
 
+def classification_metrics(image_embeddings, labels, classes):
+    """top1; top5 (the label among the 5 most similar classes: 1.0 with 5 classes or fewer);
+    mean per-class recall (top-1 recall averaged over the classes present, as reported for
+    unbalanced sets)."""
+    labels = np.asarray(labels)
+    scores = image_embeddings @ classes.T
+    ranked = np.argsort(-scores, axis=-1)
+    hit1 = ranked[:, 0] == labels
+    out = {"top1": float(np.mean(hit1)),
+           "top5": float(np.mean((ranked[:, :5] == labels[:, None]).any(axis=1)))}
+    present = np.unique(labels)
+    out["mean_per_class_recall"] = float(np.mean([hit1[labels == c].mean() for c in present]))
+    return out
+
+
 @EVALUATORS.register("zeroshot")
 class ZeroShot(Evaluator):
     """Top-1 of a labelled image split against prompts of its class names (the dataset's own
@@ -49,5 +64,5 @@ class ZeroShot(Evaluator):
                                    lambda s: self.setup.tokenizer.encode(s, length),
                                    self.class_names, self.templates)
         out = self.map_split(self._encode_images, params, self.batch_spec)
-        return {"top1": top1_accuracy(out["z"], out["label"], classes)}
+        return classification_metrics(out["z"], out["label"], classes)
 
