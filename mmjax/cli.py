@@ -29,6 +29,9 @@ def _parser():
     for p in (train, sub.add_parser("eval", help="evaluate the newest checkpoint in WORKDIR")):
         if p is not train:
             p.add_argument("--workdir", required=True)
+            p.add_argument("--evals", default=None,
+                           help="TYPE:DATASET[:SPLIT],... to evaluate instead of the run's "
+                                "config.evals, e.g. zeroshot:my_photos,retrieval:my_pairs:validation")
         p.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
         p.add_argument("--coordinator", default=None,
                        help="multi-host: host:port of process 0 (TPU VMs and SLURM need none)")
@@ -155,6 +158,10 @@ def main(argv=None):
                 raise FileNotFoundError(f"{path} not found: --workdir must be a directory that "
                                         f"`mmjax train` wrote")
             config = config_lib.from_json(path)
+            if args.evals:
+                from mmjax import eval as evaluators
+                config.evals = evaluators.from_command_line(args.evals, data_dir)
+                config_lib.validate(config)
 
         # Imported here so `mmjax --help` and config errors answer fast.
         import jax

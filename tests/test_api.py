@@ -1,5 +1,7 @@
 """`mmjax.load`: a run's model in Python gives the embeddings its evaluators use."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -86,3 +88,20 @@ def test_fill_mask_ranks_the_mlm_head_probabilities():
     assert [t for t, _ in predictions[0]] == [tokenizer.decode([i]) or str(i) for i in best]
     with pytest.raises(ValueError, match="no mask token"):
         model.fill_mask("to be or not to be")
+
+
+def test_cli_eval_runs_the_evaluators_named_on_the_command_line(trained, capsys):
+    from mmjax.cli import main
+    from mmjax.train.loop import evaluate_checkpoint
+    config, workdir, data_dir = trained
+    assert main(["eval", "--workdir", workdir, "--data_dir", data_dir,
+                 "--evals", "zeroshot:digit_captions,retrieval:digit_captions:test"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = evaluate_checkpoint(config, workdir, data_dir)   # the run's own entries
+    assert got["eval/zeroshot_digit_captions/top1"] == expected["eval/zeroshot/top1"]
+    assert got["eval/retrieval_digit_captions/t2i_r1"] == expected["eval/retrieval/t2i_r1"]
+    assert main(["eval", "--workdir", workdir, "--data_dir", data_dir,
+                 "--evals", "zeroshot:my_photos"]) == 2
+    assert "mmjax data build SOURCE --name my_photos" in capsys.readouterr().err
+    assert main(["eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", "zeroshot"]) == 2
+    assert "TYPE:DATASET" in capsys.readouterr().err
