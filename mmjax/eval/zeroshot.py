@@ -15,11 +15,6 @@ def class_embeddings(encode_text, tokenize, class_names, templates):
     return z / np.linalg.norm(z, axis=-1, keepdims=True)
 
 
-def top1_accuracy(image_embeddings, labels, classes):
-    """Fraction of images whose most similar class embedding is their label."""
-    return float(np.mean(np.argmax(image_embeddings @ classes.T, axis=-1) == labels))
-
-
 def classification_metrics(image_embeddings, labels, classes):
     """top1; top5 (the label among the 5 most similar classes: 1.0 with 5 classes or fewer);
     mean per-class recall (top-1 recall averaged over the classes present, as reported for
