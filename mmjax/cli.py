@@ -1,4 +1,4 @@
-"""Command line: `mmjax train | eval | export | import | data build`."""
+"""Command line: `mmjax train | eval | export | import | data build | compile`."""
 
 import argparse
 import json
@@ -57,6 +57,7 @@ def _parser():
                                                     "the embedded smoke config of that task)")
     imp.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     _data_parser(sub)
+    _compile_parser(sub)
     return parser
 
 
@@ -69,12 +70,19 @@ def _data_parser(sub):
         epilog="SOURCE kinds: a table (.csv/.tsv/.jsonl/.parquet naming local images and captions), "
                "webdataset shards ('dir/{00000..00099}.tar' or a glob), an image folder "
                "(root/CLASS/*.jpg, or root/train|val/CLASS/), text (.txt files or a .jsonl with a "
-               "'text' field). Rerunning with the same source and options does nothing.")
+               "'text' field). Benchmarks from files you have (nothing is downloaded): imagenet "
+               "(ILSVRC2012_img_val.tar or its folder -> split 'validation', labels from --labels), "
+               "karpathy (dataset_coco.json or dataset_flickr30k.json + --images: one record per "
+               "image with its captions; splits test, validation, and train for the train/restval "
+               "images --images holds). Both are detected (a tar or folder of "
+               "ILSVRC2012_val_*.JPEG; a .json SOURCE). Rerunning with the same source and options "
+               "does nothing.")
     build.add_argument("source", metavar="SOURCE")
     build.add_argument("--name", required=True, help="dataset name (letters, digits, _)")
     build.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     build.add_argument("--kind", default=None,
-                       choices=("table", "webdataset", "imagefolder", "text"),
+                       choices=("table", "webdataset", "imagefolder", "text", "imagenet",
+                                "karpathy"),
                        help="default: inferred from SOURCE")
     build.add_argument("--max_side", type=int, default=None,
                        help="resize larger images so the longer side is N (re-encoded as JPEG q95, "
@@ -98,6 +106,13 @@ def _data_parser(sub):
     build.add_argument("--text_unit", default=None, choices=("file", "block"),
                        help="text: a document per .txt file, or per blank-line-separated block "
                             "(default: block for one file, file for several)")
+    build.add_argument("--labels", default=None,
+                       help="imagenet: one WordNet id per line in image order, or Kaggle's "
+                            "LOC_val_solution.csv (default: tensorflow-datasets' "
+                            "validation_labels.txt)")
+    build.add_argument("--images", default=None,
+                       help="karpathy: where the images are, comma-separated zips (val2014.zip), "
+                            "uncompressed tars (flickr30k-images.tar) or folders")
 
 
 def _data(args):
@@ -108,7 +123,8 @@ def _data(args):
         summary = build.build(args.source, args.name, args.data_dir, kind=args.kind,
                               max_side=args.max_side, val_fraction=args.val_fraction,
                               overwrite=args.overwrite, workers=args.workers,
-                              max_bad_fraction=args.max_bad_fraction, **columns)
+                              max_bad_fraction=args.max_bad_fraction, labels=args.labels,
+                              images=args.images, **columns)
     except (build.BuildError, OSError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
@@ -135,6 +151,34 @@ def _export_or_import(args, overrides):
     return 0
 
 
+def _compile_parser(sub):
+    comp = sub.add_parser(
+        "compile", help="compile a config's train step for a TPU slice on this machine: per-device "
+                        "memory, FLOPs, a step-time bound, whether it fits (one JSON line)",
+        epilog="Needs libtpu in its own environment: launch/install.sh compile. Override any "
+               "config key with --config.KEY=VALUE. Exits 0 whether or not the step fits.")
+    comp.add_argument("--config", default=None,
+                      help="config file (default: the embedded configs/smoke_clip.py)")
+    comp.add_argument("--topology", required=True,
+                      help="a TPU slice as Cloud TPU names it: v5p-256, v4-32, v5e-16, v6e-256")
+    comp.add_argument("--num_slices", type=int, default=1,
+                      help="multi-slice: the slices share the mesh's dcn_* axes (default: dcn_data)")
+    comp.add_argument("--mfu", type=float, default=0.4,
+                      help="the model FLOPs utilisation of the second step-time figure (default 0.4)")
+
+
+def _compile(args, overrides):
+    from mmjax import aot
+    try:
+        config = config_lib.load(args.config, overrides)
+        result = aot.compile_config(config, args.topology, args.num_slices, args.mfu)
+    except (config_lib.ConfigError, MeshError, aot.TopologyError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     overrides = [a for a in argv if a.startswith("--config.")]
@@ -143,6 +187,8 @@ def main(argv=None):
         return _export_or_import(args, overrides)
     if args.command == "data":
         return _data(args)
+    if args.command == "compile":
+        return _compile(args, overrides)
     try:
         data_dir = os.path.expanduser(args.data_dir)
         if args.command == "train":

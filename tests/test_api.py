@@ -105,3 +105,81 @@ def test_cli_eval_runs_the_evaluators_named_on_the_command_line(trained, capsys)
     assert "mmjax data build SOURCE --name my_photos" in capsys.readouterr().err
     assert main(["eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", "zeroshot"]) == 2
     assert "TYPE:DATASET" in capsys.readouterr().err
+
+
+def _numpy_recall(zimg, ztxt, image_of_text, ks):
+    """Recall@K from a full similarity matrix (captions here are all different)."""
+    sims = zimg @ ztxt.T
+    relevant = np.arange(len(zimg))[:, None] == np.asarray(image_of_text)[None, :]   # [images, texts]
+    i2t, t2i = np.argsort(-sims, axis=1)[:, :max(ks)], np.argsort(-sims.T, axis=1)[:, :max(ks)]
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = np.mean([relevant[i, i2t[i, :k]].any() for i in range(len(zimg))])
+        out[f"t2i_r{k}"] = np.mean([relevant[t2i[t, :k], t].any() for t in range(len(ztxt))])
+    return out
+
+
+def test_retrieval_over_records_of_an_image_and_its_captions(trained, tmp_path):
+    """A Karpathy-style build (one record per image, 1-3 captions each) scores what numpy
+    computes from the API's embeddings of the same images and captions."""
+    from PIL import Image
+    from mmjax.data import build
+    config, workdir, data_dir = trained
+    digits = [r for _, r in zip(range(24), sources.get("digit_captions").records(data_dir, "test"))]
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    entries, captions_of = [], []
+    for i, record in enumerate(digits):
+        Image.fromarray(record["image"][..., 0]).save(tmp_path / f"{i}.png")
+        captions = [f"digit {names[record['label']]} number {i} view {j}" for j in range(1 + i % 3)]
+        captions_of.append(captions)
+        entries.append({"filename": f"{i}.png", "split": "test", "imgid": i,
+                        "sentences": [{"raw": c} for c in captions]})
+    (tmp_path / "dataset_tiny.json").write_text(json.dumps({"dataset": "tiny", "images": entries}))
+    build.build(str(tmp_path / "dataset_tiny.json"), "tiny_karpathy", data_dir, kind="karpathy",
+                images=str(tmp_path), workers=1)
+    run = setup(config, data_dir=data_dir, devices=jax.devices()[:1])
+    spec = dict(type="retrieval", dataset="tiny_karpathy", split="test", every=1, batch_size=10,
+                seed=0, ks=(1, 5))
+    model = mmjax.load(workdir, data_dir=data_dir)
+    got = evaluators.EVALUATORS.get("retrieval")(run, spec, data_dir).run(jax.device_put(model.params))
+    texts = [c for captions in captions_of for c in captions]
+    image_of_text = [i for i, captions in enumerate(captions_of) for _ in captions]
+    expected = _numpy_recall(model.encode_image([r["image"] for r in digits]), model.encode_text(texts),
+                             image_of_text, ks=(1, 5))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_zero_shot_with_stored_class_names_and_the_80_templates(trained, tmp_path):
+    """Class names from the build's mmjax_build.json (not the ClassLabel names), the CLIP
+    paper's 80 templates, lower-cased prompts: the same top-1 as numpy on the API's embeddings."""
+    from PIL import Image
+    from mmjax.data import build
+    from mmjax.eval import prompts
+    config, workdir, data_dir = trained
+    digits = [r for _, r in zip(range(40), sources.get("digit_captions").records(data_dir, "test"))]
+    folders = ["n0001", "n0002", "n0003"]
+    for i, record in enumerate(digits):
+        folder = tmp_path / "photos" / folders[record["label"] % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(record["image"][..., 0]).save(folder / f"{i}.png")
+    summary = build.build(str(tmp_path / "photos"), "ids", data_dir, val_fraction=0, workers=1)
+    info = json.loads(open(f"{summary['path']}/mmjax_build.json").read())
+    info["class_names"] = ["Zero Or Three", "One or Four", "two or five"]   # as an ImageNet build stores them
+    open(f"{summary['path']}/mmjax_build.json", "w").write(json.dumps(info))
+    run = setup(config, data_dir=data_dir, devices=jax.devices()[:1])
+    spec = dict(type="zeroshot", dataset="ids", split="train", every=1, batch_size=16, seed=0,
+                templates="imagenet80")
+    model = mmjax.load(workdir, data_dir=data_dir)
+    zeroshot = evaluators.EVALUATORS.get("zeroshot")(run, spec, data_dir)
+    assert zeroshot.class_names == tuple(info["class_names"]) and len(zeroshot.templates) == 80
+    got = zeroshot.run(jax.device_put(model.params))
+    z = model.encode_text([t.format(n).lower() for n in info["class_names"] for t in zeroshot.templates])
+    z = z.reshape(3, 80, -1).mean(axis=1)
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)
+    order = sorted(range(len(digits)), key=lambda i: (folders[digits[i]["label"] % 3], f"{i}.png"))
+    zimg = model.encode_image([digits[i]["image"] for i in order])
+    labels = np.array([digits[i]["label"] % 3 for i in order])
+    assert got["top1"] == pytest.approx(np.mean(np.argmax(zimg @ z.T, axis=1) == labels), abs=1e-9)
+    assert prompts.prompts(["Ab"], ["A {}."]) == ["a ab."]

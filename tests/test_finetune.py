@@ -125,3 +125,8 @@ def test_an_evaluator_the_model_cannot_serve_is_named_before_training(tmp_path, 
     config.evals = {"zeroshot": dict(type="zeroshot", dataset="digit_captions")}
     with pytest.raises(config_lib.ConfigError, match="'zeroshot' needs a model with encode_image"):
         train(config, str(tmp_path / "run"), data_dir)
+    # A CLIP model has an mlm_logits method, but without an MLM head it cannot run it.
+    clip = _tiny(config_lib.defaults())
+    clip.evals = {"mlm": dict(type="mlm", dataset="prose")}
+    with pytest.raises(config_lib.ConfigError, match="'mlm' needs a model with mlm_logits"):
+        train(clip, str(tmp_path / "clip"), data_dir)

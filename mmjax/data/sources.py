@@ -185,6 +185,18 @@ class PlayGenres(_Built):
 
 
 
+def _display_names(path):
+    """Readable class names that `mmjax data build` stored next to a dataset (ImageNet's
+    label names are WordNet ids; its zero-shot prompts need words), else None."""
+    import json
+    info = os.path.join(path, 'mmjax_build.json')
+    if os.path.exists(info):
+        with open(info) as f:
+            names = json.load(f).get('class_names')
+        return tuple(names) if names else None
+    return None
+
+
 class TfdsFolder(Dataset):
     """A tfds dataset folder read as ArrayRecord with no TensorFlow: what `mmjax data build`
     writes, or a tfds catalog dataset prepared in the data dir. Images come out as their
@@ -200,13 +212,16 @@ class TfdsFolder(Dataset):
         features = self._builder.info.features
         self._image_keys = [k for k in features if type(features[k]).__name__ == 'Image']
         self._text_key = next((k for k in ('text', 'caption') if k in features), None)
+        self._captions = 'captions' in features
         label = features['label'] if 'label' in features else None
-        self.class_names = tuple(label.names) if hasattr(label, 'names') else None
+        self.class_names = _display_names(path) or (tuple(label.names) if hasattr(label, 'names') else None)
         self.splits = {k: v.num_examples for k, v in self._builder.info.splits.items()}
         given = (('image' if 'image' in features else None), ('label' if label else None),
-                 ('text' if self._text_key or (label and self.class_names) else None))
+                 ('text' if self._text_key or self._captions or (label and self.class_names) else None),
+                 ('captions' if self._captions else None))
         self.features = tuple(f for f in given if f)
-        self.templates = self.TEMPLATES if self.class_names and not self._text_key else None
+        self.templates = (self.TEMPLATES if self.class_names and not (self._text_key or self._captions)
+                          else None)
 
     def source(self, data_dir, split):
         import tensorflow_datasets as tfds
@@ -218,7 +233,9 @@ class TfdsFolder(Dataset):
 
     def example_ops(self, train):
         ops = []
-        if self._text_key:
+        if self._captions:
+            ops.append(transforms.SplitCaptions('captions', random=train))
+        elif self._text_key:
             ops.append(transforms.DecodeText(self._text_key))
         elif self.templates:
             ops.append(transforms.CaptionFromLabel(self.class_names, self.templates, random=train))

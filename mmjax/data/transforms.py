@@ -46,6 +46,24 @@ class DecodeText(grain.transforms.Map):
         return {**element, 'text': text}
 
 
+class SplitCaptions(grain.transforms.RandomMap):
+    """record[key]: an image's captions joined by newlines -> 'captions' (list of str),
+    'n_captions', and 'text': one of them (at random when `random`, else the first)."""
+
+    def __init__(self, key: str = 'captions', random: bool = True):
+        self.key, self.random = key, random
+
+    def random_map(self, element, rng: np.random.Generator):
+        text = element[self.key]
+        if isinstance(text, (bytes, np.bytes_)):
+            text = bytes(text).decode('utf-8')
+        captions = [c for c in text.split('\n') if c.strip()]
+        if not captions:
+            raise ValueError('no captions')
+        pick = rng.integers(len(captions)) if self.random else 0
+        return {**element, 'captions': captions, 'n_captions': len(captions), 'text': captions[pick]}
+
+
 def apply_one(ops: Sequence, record, rng_seed):
     """One record through grain Map / RandomMap transforms outside a grain pipeline; the
     random ones draw from one generator seeded by `rng_seed` (a tuple of ints)."""
@@ -94,6 +112,11 @@ class Collate:
                 out[key] = images.normalise(stacked, self.image_options).astype(s.dtype)
             elif key == 'text':
                 out[key] = self.tokenizer.encode([e['text'] for e in examples], s.shape[0])
+            elif key == 'captions':  # [b, K, L]: each example's first K captions, zero rows after
+                out[key] = np.zeros((len(examples), *s.shape), s.dtype)
+                for row, e in enumerate(examples):
+                    kept = e['captions'][:s.shape[0]]
+                    out[key][row, :len(kept)] = self.tokenizer.encode(kept, s.shape[1])
             else:
                 out[key] = np.stack([np.asarray(e[key], s.dtype) for e in examples])
         for key in examples[0]:

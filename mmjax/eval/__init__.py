@@ -10,7 +10,8 @@ from mmjax.registry import Registry
 EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "retrieval": "mmjax.eval.retrieval",
                                     "mlm": "mmjax.eval.mlm",
-                                    "classify": "mmjax.eval.classify"})
+                                    "classify": "mmjax.eval.classify",
+                                    "linear_probe": "mmjax.eval.linear_probe"})
 
 
 def specs(config, task) -> dict:

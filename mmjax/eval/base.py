@@ -3,11 +3,19 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
 from mmjax.config import ConfigError
 from mmjax.data import images, pipeline, sources
+
+
+def serves(model) -> set:
+    """The methods a model can run: its `serves` set when it declares one (a DualEncoder
+    without an MLM head has an `mlm_logits` method it cannot run), else every method it has."""
+    declared = getattr(model, "serves", None)
+    return set(declared) if declared is not None else {m for m in dir(type(model)) if not m.startswith("_")}
 
 
 class Evaluator:
@@ -20,7 +28,7 @@ class Evaluator:
     needs = ()   # the model methods `run` calls
 
     def __init__(self, run_setup, spec, data_dir):
-        missing = [m for m in self.needs if not hasattr(type(run_setup.model), m)]
+        missing = [m for m in self.needs if m not in serves(run_setup.model)]
         if missing:
             raise ConfigError(
                 f"evaluator type {spec['type']!r} needs a model with {', '.join(missing)}; task "
@@ -74,20 +82,29 @@ class Evaluator:
             batch_size=max(1, (batch_size or self.spec["batch_size"]) // jax.process_count()),
             process_index=jax.process_index(), process_count=jax.process_count(),
             pad_to=self._pad_to(), image_options=images.ImageOptions.from_config(self.setup.config.data))
-        for index, (local, valid) in enumerate(batches):
+        for index, (local, valid) in enumerate(self._progress(batches, split or self.spec["split"])):
             batch = sharding.global_batch(local | {"_valid": valid}, self.setup.mesh)
             outputs.append(jax.device_get(step(params, batch, np.int32(index))))
         merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
         valid = merged.pop("_valid")
         return {k: v[valid] for k, v in merged.items()}
 
+    def _progress(self, batches, split):
+        """`batches` with a progress bar on process 0 (stderr, cleared when done)."""
+        return tqdm.tqdm(batches, desc=f"eval {self.spec['type']}:{self.spec['dataset']}:{split}",
+                         unit="batch", leave=False, disable=jax.process_index() != 0)
+
     def map_rows(self, fn, params, rows):
         """fn(params, rows) on a host array that every process holds whole (class prompts),
-        split over the mesh's batch axes; returns numpy."""
+        a batch_size chunk at a time split over the mesh's batch axes; returns numpy."""
         mesh = self.setup.mesh
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        n = len(rows)
-        padded = np.concatenate([rows, np.repeat(rows[:1], -n % shards, axis=0)])
-        array = jax.make_array_from_callback(padded.shape, sharding.batch_sharding(mesh),
-                                             lambda index: padded[index])
-        return np.asarray(jax.device_get(self._jit(fn)(params, array)))[:n]
+        chunk = -(-max(self.spec["batch_size"], shards) // shards) * shards
+        outputs = []
+        for start in range(0, len(rows), chunk):
+            block = rows[start:start + chunk]
+            padded = np.concatenate([block, np.repeat(block[:1], chunk - len(block), axis=0)])
+            array = jax.make_array_from_callback(padded.shape, sharding.batch_sharding(mesh),
+                                                 lambda index, padded=padded: padded[index])
+            outputs.append(np.asarray(jax.device_get(self._jit(fn)(params, array)))[:len(block)])
+        return np.concatenate(outputs)

@@ -1,11 +1,13 @@
-"""Image <-> text retrieval recall@K over a held-out split of (image, caption) rows, where an
-image may have several captions (COCO's five): rows showing the same image are one image."""
+"""Image <-> text retrieval recall@K where an image may have several captions (COCO's five):
+from records of one image and its captions, or from (image, caption) rows, where rows showing
+the same image are one image."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.eval import EVALUATORS
+from mmjax.config import ConfigError
+from mmjax.eval import EVALUATORS, nearest
 from mmjax.eval.base import Evaluator
 
 
@@ -17,23 +19,24 @@ def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(
     image_embeddings [n_images, d], text_embeddings [n_texts, d]; `image_of_text[t]` is the
     index of text t's image and `captions[t]` its caption. Captions that are word-for-word
     the same cannot be told apart by any model (the built-in digits share ten), so a text
-    identical to one of an image's captions counts as that image's caption too.
+    identical to one of an image's captions counts as that image's caption too. The
+    similarities and top-K run on device in chunks; the host holds [n, K] indices only.
     """
-    captions = np.asarray(captions, dtype=object)
-    image_of_text = np.asarray(image_of_text)
-    n_images = len(image_embeddings)
-    # relevant[i, t]: text t is (word for word) a caption of image i.
-    _, caption_id = np.unique(captions, return_inverse=True)
-    has = np.zeros((n_images, caption_id.max() + 1), bool)
-    has[image_of_text, caption_id] = True
-    relevant = has[:, caption_id]                            # [n images, n texts]
-    sims = image_embeddings @ text_embeddings.T
+    image_of_text = np.asarray(image_of_text, np.int64)
+    _, caption_id = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    caption_id = caption_id.reshape(-1).astype(np.int64)
+    n_ids = int(caption_id.max()) + 1
+    # (image, caption id) pairs that are relevant, as sorted codes image * n_ids + id.
+    relevant = np.unique(image_of_text * n_ids + caption_id)
+    top = max(ks)
+    i2t = nearest.top_k(image_embeddings, text_embeddings, top)     # [n images, top] texts
+    t2i = nearest.top_k(text_embeddings, image_embeddings, top)     # [n texts, top] images
+    i2t_hit = np.isin(np.arange(len(image_embeddings))[:, None] * n_ids + caption_id[i2t], relevant)
+    t2i_hit = np.isin(t2i * n_ids + caption_id[:, None], relevant)
     out = {}
     for k in ks:
-        i2t = np.argsort(-sims, axis=1)[:, :k]                # texts for each image
-        t2i = np.argsort(-sims.T, axis=1)[:, :k]              # images for each text
-        out[f"i2t_r{k}"] = float(np.mean(np.take_along_axis(relevant, i2t, axis=1).any(axis=1)))
-        out[f"t2i_r{k}"] = float(np.mean(np.take_along_axis(relevant.T, t2i, axis=1).any(axis=1)))
+        out[f"i2t_r{k}"] = float(np.mean(i2t_hit[:, :k].any(axis=1)))
+        out[f"t2i_r{k}"] = float(np.mean(t2i_hit[:, :k].any(axis=1)))
     return out
 
 
@@ -48,28 +51,57 @@ def image_identity(zimg_keys):
 
 @EVALUATORS.register("retrieval")
 class Retrieval(Evaluator):
-    """Recall@1/5 image -> text and text -> image over a split of (image, caption) rows; rows
-    with the same image (several captions) are one image, captions are told apart by their
-    tokens."""
+    """Recall@K (option `ks`, default 1, 5, 10) image -> text and text -> image.
+
+    A dataset with a 'captions' feature (`mmjax data build --kind karpathy`: COCO, Flickr30k)
+    holds one record per image with all its captions (at most option `max_captions`, default
+    8); otherwise each (image, caption) row is one pair and rows with the same pixels are one
+    image. Captions are told apart by their tokens."""
 
     needs = ("encode_image", "encode_text")
 
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
-        self.batch_spec = {k: v for k, v in run_setup.task.batch_spec().items() if k in ("image", "text")}
+        task_spec = run_setup.task.batch_spec()
+        self.per_image = "captions" in self.dataset.features
+        self.batch_spec = {"image": task_spec["image"]}
+        if self.per_image:
+            length = task_spec["text"].shape[-1]
+            self.max_captions = int(self.spec.get("max_captions", 8))
+            self.batch_spec["captions"] = jax.ShapeDtypeStruct((self.max_captions, length), np.int32)
+            self.batch_spec["n_captions"] = jax.ShapeDtypeStruct((), np.int32)
+        else:
+            self.batch_spec["text"] = task_spec["text"]
         shape = self.batch_spec["image"].shape
         # Two fixed random projections of the pixels identify an image (equal images, equal keys).
         self._probe = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
 
-    def _encode(self, params, batch, index):
+    def _encode_rows(self, params, batch, index):
         key = jnp.einsum("bhwc,khwc->bk", batch["image"], self._probe)
         return {"zimg": self.apply(params, (batch["image"],), "encode_image"),
                 "ztxt": self.apply(params, (batch["text"],), "encode_text"), "text": batch["text"],
                 "key": key}
 
+    def _encode_images(self, params, batch, index):
+        b, k, length = batch["captions"].shape
+        ztxt = self.apply(params, (batch["captions"].reshape(b * k, length),), "encode_text")
+        return {"zimg": self.apply(params, (batch["image"],), "encode_image"),
+                "ztxt": ztxt.reshape(b, k, -1), "captions": batch["captions"],
+                "n_captions": batch["n_captions"]}
+
     def run(self, params):
-        out = self.map_split(self._encode, params, self.batch_spec)
-        image_of_text, first = image_identity(out["key"])
-        captions = [row.tobytes() for row in out["text"]]
-        return recall_at_k(out["zimg"][first], out["ztxt"], image_of_text, captions,
-                           ks=tuple(self.spec.get("ks", (1, 5))))
+        ks = tuple(self.spec.get("ks", (1, 5, 10)))
+        if not self.per_image:
+            out = self.map_split(self._encode_rows, params, self.batch_spec)
+            image_of_text, first = image_identity(out["key"])
+            captions = [row.tobytes() for row in out["text"]]
+            return recall_at_k(out["zimg"][first], out["ztxt"], image_of_text, captions, ks=ks)
+        out = self.map_split(self._encode_images, params, self.batch_spec)
+        n = out["n_captions"]
+        if n.max(initial=0) > self.max_captions:
+            raise ConfigError(f"retrieval: an image of {self.spec['dataset']!r} has {n.max()} "
+                              f"captions; raise the entry's max_captions option to at least that")
+        slot = np.arange(self.max_captions)[None, :] < n[:, None]        # [images, max_captions]
+        image_of_text = np.nonzero(slot)[0]
+        captions = [row.tobytes() for row in out["captions"][slot]]
+        return recall_at_k(out["zimg"], out["ztxt"][slot], image_of_text, captions, ks=ks)

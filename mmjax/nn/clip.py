@@ -47,6 +47,11 @@ class DualEncoder(nn.Module):
             self.logit_bias = self.param("logit_bias", logical(nn.initializers.constant(self.init_logit_bias), ()),
                                          (), jnp.float32)
 
+    @property
+    def serves(self) -> tuple:
+        """The methods this model can run (evaluators check what they need against it)."""
+        return ("encode_image", "encode_text") + (("mlm_logits",) if self.mlm_head else ())
+
     def encode_image(self, images):
         return l2_normalize(self.image_proj(self.image(images)))
 

@@ -7,10 +7,14 @@ import itertools
 import json
 import os
 import re
+import tarfile
 
 from mmjax.data.build.records import BuildError
 
-KINDS = ('table', 'webdataset', 'imagefolder', 'text')
+KINDS = ('table', 'webdataset', 'imagefolder', 'text', 'imagenet', 'karpathy')
+ONE_INPUT = {'imagenet': 'ILSVRC2012_img_val.tar or a folder of ILSVRC2012_val_*.JPEG',
+             'karpathy': 'the Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json)'}
+IMAGENET_VAL_FILE = re.compile(r'^ILSVRC2012_val_(\d{8})\.[Jj][Pp][Ee]?[Gg]$')
 TABLE_SUFFIXES = ('.csv', '.tsv', '.jsonl', '.parquet')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 IMAGE_COLUMNS = ('image', 'image_path', 'filepath', 'path', 'file', 'filename',
@@ -84,10 +88,24 @@ def _jsonl_is_text(path: str, columns: dict) -> bool:
     return text_field in record and not any(c in record for c in image_columns)
 
 
+def _is_imagenet_tar(path: str) -> bool:
+    """The tar's first file is named like an ImageNet validation image."""
+    try:
+        with tarfile.open(path, mode='r|*') as tar:
+            first = next((m for m in tar if m.isfile()), None)
+    except (tarfile.TarError, EOFError, OSError):
+        return False  # The webdataset reader reports what is wrong with it.
+    return first is not None and bool(IMAGENET_VAL_FILE.match(os.path.basename(first.name)))
+
+
 def _kind_of_files(files: list[str], source: str, columns: dict) -> str:
     suffixes = {os.path.splitext(f)[1].lower() for f in files}
+    if suffixes == {'.tar'} and len(files) == 1 and _is_imagenet_tar(files[0]):
+        return 'imagenet'
     if suffixes == {'.tar'}:
         return 'webdataset'
+    if suffixes == {'.json'} and len(files) == 1:
+        return 'karpathy'  # The only kind read from a .json; its reader checks for "images".
     if suffixes == {'.txt'}:
         return 'text'
     if suffixes == {'.jsonl'} and _jsonl_is_text(files[0], columns):
@@ -120,6 +138,8 @@ def has_class_folders(folder: str) -> bool:
 
 
 def _kind_of_folder(folder: str, columns: dict) -> str:
+    if any(IMAGENET_VAL_FILE.match(n) for n in os.listdir(folder)):
+        return 'imagenet'
     if _folder_files(folder, ('.tar',)):
         return 'webdataset'  # img2dataset's output folder: tars (+ parquet/json metadata).
     if has_class_folders(folder):
@@ -132,13 +152,17 @@ def _kind_of_folder(folder: str, columns: dict) -> str:
     if tables:
         return 'table'
     raise BuildError(f'cannot tell the kind of folder {folder!r}: it holds no .tar shards, class '
-                     'folders of images, .txt files or tables; pass --kind or another SOURCE')
+                     'folders of images, .txt files, tables or ImageNet validation images; pass '
+                     '--kind or another SOURCE')
 
 
 def _folder_inputs(folder: str, kind: str) -> list[str]:
-    """The files a folder SOURCE stands for (imagefolder: the folder itself)."""
-    if kind == 'imagefolder':
+    """The files a folder SOURCE stands for (imagefolder, imagenet: the folder itself)."""
+    if kind in ('imagefolder', 'imagenet'):
         return [folder]
+    if kind == 'karpathy':
+        raise BuildError(f'--kind karpathy reads {ONE_INPUT[kind]}, not the folder {folder!r}; '
+                         'pass the images with --images')
     suffixes = {'webdataset': ('.tar',), 'text': ('.txt', '.jsonl'), 'table': TABLE_SUFFIXES}[kind]
     files = _folder_files(folder, suffixes)
     if kind == 'text' and any(f.endswith('.txt') for f in files):
@@ -171,15 +195,26 @@ def resolve(source: str, kind: str | None, columns: dict) -> tuple[str, list[str
                          "like 'shards/{00000..00009}.tar'")
     if kind == 'imagefolder':
         raise BuildError(f'--kind imagefolder needs a folder, not {source!r}')
-    return kind or _kind_of_files(files, source, columns), files
+    kind = kind or _kind_of_files(files, source, columns)
+    if kind in ONE_INPUT and len(files) != 1:
+        raise BuildError(f'--kind {kind} reads one SOURCE, {ONE_INPUT[kind]}; {source!r} names '
+                         f'{len(files)} files')
+    return kind, files
+
+
+def _tree(root: str) -> list[str]:
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = _visible(subfolders)
+        files += [os.path.join(folder, n) for n in _visible(names)]
+    return files
 
 
 def input_files(kind: str, inputs: list[str]) -> list[str]:
-    """Every file whose path, size and mtime make up the fingerprint (an image folder's tree)."""
-    if kind != 'imagefolder':
-        return inputs
+    """Every file whose path, size and mtime make up the fingerprint: the files of `inputs`, a
+    folder's whole tree (an image folder, a folder of ImageNet or Karpathy --images)."""
+    del kind  # Any kind: a folder among the inputs stands for its files.
     files = []
-    for folder, subfolders, names in os.walk(inputs[0]):
-        subfolders[:] = _visible(subfolders)
-        files += [os.path.join(folder, n) for n in _visible(names)]
+    for path in inputs:
+        files += _tree(path) if os.path.isdir(path) else [path]
     return sorted(files)

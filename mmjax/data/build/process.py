@@ -66,6 +66,22 @@ def _text(value, field: str) -> str:
     return value
 
 
+def _captions(values) -> str:
+    """An image's captions as one text: each stripped, its line breaks made spaces, empty ones
+    dropped, joined with newlines; raises _Bad when none is left or one is not UTF-8."""
+    kept = []
+    for value in values or ():
+        try:
+            lines = (line.strip() for line in _text(value, 'caption').splitlines())
+            kept.append(' '.join(line for line in lines if line))
+        except _Bad as bad:
+            if bad.args[0] != 'empty_caption':
+                raise
+    if not kept:
+        raise _Bad('missing_caption')
+    return '\n'.join(kept)
+
+
 def _image(item: Item, max_side: int | None) -> bytes:
     data = item.image_bytes
     if data is None:
@@ -89,10 +105,12 @@ def process(item: Item | Skip, features: tuple[str, ...], max_side: int | None) 
     field = 'caption' if 'image' in features else 'text'
     try:
         text = _text(item.text, field) if 'text' in features else None
+        captions = _captions(item.captions) if 'captions' in features else None
         image = _image(item, max_side) if 'image' in features else None
     except _Bad as bad:
         return Skip(item.where, bad.args[0])
-    return Example(key=item.key, split=item.split, image=image, text=text, label=item.label)
+    return Example(key=item.key, split=item.split, image=image, text=text, label=item.label,
+                   captions=captions)
 
 
 def process_chunk(items: list, features: tuple[str, ...], max_side: int | None) -> list:

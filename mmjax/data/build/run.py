@@ -13,14 +13,15 @@ import sys
 
 from tqdm import tqdm
 
-from mmjax.data.build import detect, imagefolder, install, store, table, text, webdataset
+from mmjax.data.build import (detect, imagefolder, imagenet, install, karpathy, store, table,
+                              text, webdataset)
 from mmjax.data.build.parallel import processed
 from mmjax.data.build.records import BuildError, Skip, Source
 from mmjax.data.build.writer import DatasetWriter
 from mmjax.data.builders import resolve_data_dir
 
 READERS = {'table': table.read, 'webdataset': webdataset.read, 'imagefolder': imagefolder.read,
-           'text': text.read}
+           'text': text.read, 'imagenet': imagenet.read, 'karpathy': karpathy.read}
 COLUMN_OPTIONS = ('image_column', 'caption_column', 'split_column', 'text_unit')
 DEFAULT_VAL_FRACTION = 0.01   # When the source names no validation split of its own.
 BUILD_FORMAT = 1              # Bump when the stored layout changes: old builds then rebuild.
@@ -54,6 +55,19 @@ def fingerprint(kind: str, inputs: list[str], options: dict) -> str:
         line = f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n'
         digest.update(line.encode('utf-8', 'surrogateescape'))
     return digest.hexdigest()
+
+
+def _side_inputs(kind: str, labels: str | None, images) -> dict[str, str | list[str]]:
+    """The files a kind reads besides SOURCE: ImageNet's labels file, Karpathy's --images."""
+    if labels is not None and kind != 'imagenet':
+        raise BuildError(f'--labels is for --kind imagenet, not {kind}; drop it')
+    if images is not None and kind != 'karpathy':
+        raise BuildError(f'--images is for --kind karpathy, not {kind}; drop it')
+    if kind == 'imagenet':
+        return {'labels': imagenet.labels_file(labels)}
+    if kind == 'karpathy':
+        return {'images': karpathy.image_paths(images)}
+    return {}
 
 
 def _split_of(split: str | None, key: str, val_fraction: float) -> str:
@@ -110,7 +124,8 @@ def _write(source: Source, folder: str, name: str, max_side, val_fraction: float
         raise _too_many_bad(skipped, total, max_bad_fraction, bad_examples)
     num_bytes = writer.close(f'Built by `mmjax data build`: {", ".join(source.features)}.')
     summary = {'name': name, 'examples': examples, 'skipped': dict(sorted(skipped.items())),
-               'bytes': num_bytes, 'splits': writer.counts(), 'features': list(source.features)}
+               'bytes': num_bytes, 'splits': writer.counts(), 'features': list(source.features),
+               **source.counts}
     if source.class_names:
         summary['num_classes'] = len(source.class_names)
     return summary
@@ -118,21 +133,28 @@ def _write(source: Source, folder: str, name: str, max_side, val_fraction: float
 
 def build(source, name: str, data_dir=None, kind: str | None = None, max_side: int | None = None,
           val_fraction: float | None = None, overwrite: bool = False, workers: int | None = None,
-          max_bad_fraction: float = 0.01, **columns) -> dict:
+          max_bad_fraction: float = 0.01, labels: str | None = None,
+          images: str | list[str] | None = None, **columns) -> dict:
     """Builds dataset `name` into data_dir/name/1.0.0 from `source`; returns the summary
-    {name, kind, examples, skipped: {reason: n}, bytes, splits: {split: n}, features, path}.
+    {name, kind, examples, skipped: {reason: n}, bytes, splits: {split: n}, features, path}
+    (karpathy adds train_images_not_found: train/restval images that `images` lacks).
 
     A rerun with the same source files (paths, sizes, mtimes; for a table: the table files, not
-    the images they name) and options returns the stored summary without work; other sources or
-    options need overwrite=True. `columns`: image_column, caption_column, split_column, text_unit.
+    the images they name; imagenet: also the labels file; karpathy: also the `images`) and
+    options returns the stored summary without work; other sources or options need
+    overwrite=True. `columns`: image_column, caption_column, split_column, text_unit.
+    `labels` (imagenet): a labels file, default tensorflow-datasets' validation_labels.txt;
+    `images` (karpathy): zips, uncompressed tars or folders, a list or comma-separated.
     workers > 1 start processes with `spawn`: call from under `if __name__ == '__main__':`."""
     _check(name, max_side, val_fraction, workers, max_bad_fraction, columns)
     columns = {k: v for k, v in sorted(columns.items()) if v is not None}
     root = resolve_data_dir(data_dir)
     kind, inputs = detect.resolve(os.fspath(source), kind, columns)
+    side = _side_inputs(kind, labels, images)
     options = {'format': BUILD_FORMAT, 'kind': kind, 'max_side': max_side,
-               'val_fraction': val_fraction, 'columns': columns}
-    print_hash = fingerprint(kind, inputs, options)
+               'val_fraction': val_fraction, 'columns': columns, **side}
+    side_files = [side['labels']] if 'labels' in side else side.get('images', [])
+    print_hash = fingerprint(kind, inputs + side_files, options)
     done = store.dataset_path(root, name)
     if done and not overwrite:
         record = store.read_build_record(done)
@@ -154,7 +176,7 @@ def build(source, name: str, data_dir=None, kind: str | None = None, max_side: i
         raise BuildError(f'cannot write to data_dir {root} ({err.strerror or err}); pass --data_dir '
                          'pointing to a writable folder') from None
     try:
-        opened = READERS[kind](inputs, columns)
+        opened = READERS[kind](inputs, columns, **side)
         if val_fraction is None:
             val_fraction = 0.0 if opened.has_splits else DEFAULT_VAL_FRACTION
         summary = _write(opened, folder, name, max_side, val_fraction,
@@ -164,7 +186,8 @@ def build(source, name: str, data_dir=None, kind: str | None = None, max_side: i
         store.write_build_record(folder, {
             'kind': kind, 'source': os.fspath(source), 'options': options,
             'resolved': {'val_fraction': val_fraction}, 'fingerprint': print_hash,
-            'features': list(opened.features), 'class_names': opened.class_names,
+            'features': list(opened.features),
+            'class_names': opened.display_names or opened.class_names,  # For prompts.
             'summary': summary})
         install.put_in_place(temp, root, name, replace=overwrite)
     except BaseException:

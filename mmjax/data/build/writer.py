@@ -17,10 +17,12 @@ _RANDOM_ACCESS = 'group_size:1'  # What tfds itself writes: every record is one 
 def tfds_features(features: tuple[str, ...],
                   class_names: list[str] | None) -> tfds.features.FeaturesDict:
     """Image: a scalar string (the encoded bytes; read back as bytes, nothing decodes them),
-    text: Text (read back as UTF-8 bytes), label: ClassLabel (read back as int)."""
+    text: Text (read back as UTF-8 bytes), label: ClassLabel (read back as int), captions: Text
+    (an image's captions joined with newlines)."""
     spec = {'image': tfds.features.Tensor(shape=(), dtype=np.object_),
             'text': tfds.features.Text(),
-            'label': tfds.features.ClassLabel(names=class_names) if class_names else None}
+            'label': tfds.features.ClassLabel(names=class_names) if class_names else None,
+            'captions': tfds.features.Text()}
     return tfds.features.FeaturesDict({name: spec[name] for name in features})
 
 

@@ -1,0 +1,134 @@
+"""Evaluators against open_clip: a trained smoke CLIP exported to open_clip, run by open_clip's
+own model and tokenizer, scores what mmjax's zeroshot and retrieval evaluators report; imported
+back, `mmjax eval` on it gives the numbers of the run it came from."""
+
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.convert import torch_io
+
+torch = torch_io.import_torch()
+import open_clip  # noqa: E402
+
+from mmjax import export  # noqa: E402
+from mmjax.data.sources import DIGIT_NAMES  # noqa: E402
+from splits import digit_arrays  # noqa: E402
+
+PHOTOS_PER_CLASS = 20
+
+
+def run_mmjax(*args):
+    """`mmjax ARGS` in a fresh process on one CPU device; its JSON summary line."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The smoke CLIP trained 60 steps (well above chance: class margins are not float noise),
+    its open_clip export, and a 'my_photos' image folder of gray digit PNGs built into the
+    data dir: (workdir, data_dir, export dir, photos [n, 28, 28] uint8, labels)."""
+    data_dir, workdir = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("run")
+    run_mmjax("train", "--config", "configs/smoke_clip.py", "--workdir", str(workdir), "--data_dir",
+              str(data_dir), "--config.train.steps=60", "--config.train.batch_size=64",
+              "--config.train.log_every=60", "--config.train.eval_every=1000",
+              "--config.optim.warmup_steps=5")
+    digits = digit_arrays(str(data_dir), "test")
+    pick = np.concatenate([np.flatnonzero(digits["label"] == c)[:PHOTOS_PER_CLASS] for c in range(10)])
+    photos = np.round((digits["image"][pick, ..., 0] + 1) * 127.5).astype(np.uint8)
+    root = tmp_path_factory.mktemp("photos")
+    for i, (photo, label) in enumerate(zip(photos, digits["label"][pick])):
+        os.makedirs(root / DIGIT_NAMES[label], exist_ok=True)
+        Image.fromarray(photo, "L").save(root / DIGIT_NAMES[label] / f"{i:04d}.png")
+    run_mmjax("data", "build", str(root), "--name", "my_photos", "--data_dir", str(data_dir),
+              "--val_fraction", "0", "--workers", "1")
+    out = str(tmp_path_factory.mktemp("export") / "open_clip")
+    export.export(str(workdir), "open_clip", out)
+    return str(workdir), str(data_dir), out, photos, digits["label"][pick]
+
+
+def _open_clip(out):
+    return open_clip.create_model(f"local-dir:{out}").eval()
+
+
+def _encode(model, images_nhwc, texts, context_length):
+    """open_clip's normalised image and text features; gray images as 3 equal channels,
+    scaled to [-1, 1] as the smoke config's data.mean = data.std = 0.5 do."""
+    x = torch.from_numpy(np.float32(images_nhwc)).permute(0, 3, 1, 2).repeat(1, 3 // images_nhwc.shape[-1], 1, 1)
+    tokens = open_clip.tokenize(texts, context_length=context_length)
+    with torch.no_grad():
+        zimg = model.encode_image(x, normalize=True).numpy()
+        ztxt = model.encode_text(tokens, normalize=True).numpy()
+    return zimg, ztxt
+
+
+def test_zero_shot_top1_equals_open_clips_own_model_and_tokenizer(trained):
+    workdir, data_dir, out, photos, labels = trained
+    ours = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", "zeroshot:my_photos")
+    # open_clip: the folder names as class names, "a photo of a {}." (the image folder's default
+    # template), its own tokenizer; class vector = normalised mean of normalised prompts.
+    model = _open_clip(out)
+    images = photos[..., None] / 127.5 - 1.0
+    prompts = [f"a photo of a {name}." for name in sorted(DIGIT_NAMES)]
+    zimg, classes = _encode(model, images, prompts, context_length=16)
+    classes /= np.linalg.norm(classes, axis=-1, keepdims=True)
+    predicted = np.asarray(sorted(DIGIT_NAMES))[np.argmax(zimg @ classes.T, axis=1)]
+    top1 = np.mean(predicted == np.asarray(DIGIT_NAMES)[labels])
+    assert top1 > 0.3  # trained: well above chance (0.1)
+    assert ours["eval/zeroshot_my_photos/top1"] == pytest.approx(top1, abs=1e-9)
+
+
+def _numpy_recall(zimg, ztxt, captions, ks):
+    """Recall@K with a full similarity matrix: text t belongs to image t (one caption per
+    image); a word-for-word equal caption counts as the image's own too."""
+    captions = np.asarray(captions)
+    sims = zimg @ ztxt.T
+    relevant = captions[None, :] == captions[:, None]                 # [images, texts]
+    out = {}
+    for k in ks:
+        i2t = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        t2i = np.argsort(-sims.T, axis=1, kind="stable")[:, :k]
+        out[f"i2t_r{k}"] = np.mean([relevant[i, i2t[i]].any() for i in range(len(zimg))])
+        out[f"t2i_r{k}"] = np.mean([relevant[t2i[t], t].any() for t in range(len(ztxt))])
+    return out
+
+
+def test_retrieval_recall_equals_numpy_on_open_clip_embeddings(trained):
+    workdir, data_dir, out, _, _ = trained
+    ours = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals",
+                     "retrieval:digit_captions:test")
+    digits = digit_arrays(data_dir, "test")
+    zimg, ztxt = _encode(_open_clip(out), digits["image"], digits["caption"], context_length=16)
+    expected = _numpy_recall(zimg, ztxt, digits["caption"], ks=(1, 5, 10))
+    assert expected["i2t_r1"] > 0.3
+    for key, value in expected.items():
+        assert ours[f"eval/retrieval_digit_captions/{key}"] == pytest.approx(value, abs=1e-9), key
+
+
+def test_imported_open_clip_model_evaluates_as_the_run_it_came_from(trained, tmp_path):
+    workdir, data_dir, out, _, _ = trained
+    new = str(tmp_path / "imported")
+    run_mmjax("import", "--format", "open_clip", "--src", out, "--workdir", new,
+              "--config", "configs/smoke_clip.py", "--data_dir", data_dir)
+    evals = "zeroshot:my_photos,retrieval:digit_captions:test"
+    original = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", evals)
+    imported = run_mmjax("eval", "--workdir", new, "--data_dir", data_dir, "--evals", evals)
+    metrics = [k for k in original if k.startswith("eval/")]
+    assert len(metrics) >= 6 and imported["step"] == 0
+    for key in metrics:
+        assert imported[key] == pytest.approx(original[key], abs=1e-9), key
+    # The config's own evaluators (the 1-channel digits) run on the RGB model too.
+    default = run_mmjax("eval", "--workdir", new, "--data_dir", data_dir)
+    assert default["eval/zeroshot/top1"] > 0.3

@@ -1,0 +1,148 @@
+"""The `linear_probe` evaluator: logistic regression against scikit-learn, ridge against numpy,
+few-shot sampling, and the evaluator end to end on a tiny CLIP over real digits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from mmjax import eval as evaluators
+from mmjax.api import Model
+from mmjax.data import builders, sources
+from mmjax.eval import linear_models
+from mmjax.eval.linear_probe import probe_metrics, subset
+from mmjax.train.setup import setup
+from tiny_configs import TOKENIZER, tiny_config
+
+
+def _blobs(n, dims, classes, spread, seed):
+    """(x [n, dims], labels [n]): Gaussian blobs of unit variance, centres `spread` apart."""
+    rng = np.random.default_rng(seed)
+    centres = spread * np.eye(classes, dims)
+    labels = rng.integers(0, classes, n)
+    return (centres[labels] + rng.normal(size=(n, dims))).astype(np.float32), labels
+
+
+def test_logistic_probe_separates_far_apart_blobs():
+    x, y = _blobs(400, 16, 3, spread=12.0, seed=0)
+    logits, l2, val_top1 = linear_models.logistic_probe(
+        x[:200], y[:200], x[200:], num_classes=3, l2_grid=(1e-4, 1e-2, 1.0))
+    assert logits.shape == (200, 3)
+    assert linear_models.topk_accuracy(logits, y[200:]) == 1.0
+    assert set(val_top1) == {1e-4, 1e-2, 1.0} and val_top1[l2] == max(val_top1.values())
+
+
+def test_logistic_fit_matches_scikit_learn_with_c_equal_1_over_n_l2():
+    """Our objective mean CE + l2/2 ||w||^2 is sklearn's C * sum CE + ||w||^2 / 2 divided by
+    C * n, so the two share their minimum when C = 1 / (n * l2)."""
+    x, y = _blobs(1200, 16, 3, spread=1.0, seed=1)   # overlapping: ~0.6 accuracy
+    # 200 x 16 train rows and 3 classes, as above: the same compiled solver.
+    train_x, train_y, test_x, test_y = x[:200], y[:200], x[200:], y[200:]
+    n, l2 = len(train_y), np.float32(1e-2)
+    params = linear_models.fit_logistic(jnp.asarray(train_x), jnp.asarray(train_y, jnp.int32),
+                                        jnp.ones(n), l2, num_classes=3, max_iter=300)
+    ours = linear_models.topk_accuracy(linear_models.logistic_logits(params, test_x), test_y)
+    reference = LogisticRegression(C=1 / (n * l2), tol=1e-8, max_iter=5000).fit(train_x, train_y)
+    theirs = reference.score(test_x, test_y)
+    assert 0.45 < theirs < 0.9 and abs(ours - theirs) <= 0.02
+    # Same minimum: sklearn's solution does not beat ours on our objective.
+    objective = lambda p: float(linear_models.logistic_objective(
+        p, jnp.asarray(train_x), jnp.asarray(train_y), jnp.ones(n), l2))
+    sk_params = {"w": jnp.asarray(reference.coef_.T, jnp.float32),
+                 "b": jnp.asarray(reference.intercept_, jnp.float32)}
+    assert objective(params) <= objective(sk_params) + 1e-5
+    np.testing.assert_allclose(params["w"], reference.coef_.T, atol=2e-3)
+
+
+@pytest.mark.parametrize("n, d", [(60, 12), (8, 20)])   # primal and dual closed forms
+def test_ridge_fit_equals_numpy_least_squares(n, d):
+    rng = np.random.default_rng(2)
+    x, targets, l2 = rng.normal(size=(n, d)), rng.normal(size=(n, 3)), 0.7
+    ours = np.asarray(linear_models.ridge_fit(jnp.asarray(x, jnp.float32),
+                                              jnp.asarray(targets, jnp.float32), l2))
+    # min ||x w - t||^2 + l2 ||w||^2 is least squares on x stacked over sqrt(l2) I.
+    stacked_x = np.concatenate([x, np.sqrt(l2) * np.eye(d)])
+    stacked_t = np.concatenate([targets, np.zeros((d, 3))])
+    reference = np.linalg.lstsq(stacked_x, stacked_t, rcond=None)[0]
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_fewshot_indices_take_k_per_class_per_seed():
+    labels = np.repeat(np.arange(5), [30, 30, 30, 30, 3])   # class 4 has only 3 examples
+    picks = linear_models.fewshot_indices(labels, 10, seed=0)
+    assert np.bincount(labels[picks]).tolist() == [10, 10, 10, 10, 3]
+    assert len(set(picks.tolist())) == len(picks)
+    np.testing.assert_array_equal(picks, linear_models.fewshot_indices(labels, 10, seed=0))
+    assert not np.array_equal(picks, linear_models.fewshot_indices(labels, 10, seed=1))
+    fewer = linear_models.fewshot_indices(labels, 5, seed=0)   # nested in the 10-shot sample
+    assert set(fewer.tolist()) <= set(picks.tolist())
+
+
+def _numpy_fewshot_top1(x, labels, test_x, test_labels, l2, classes):
+    """big_vision's few-shot ridge in float64 numpy: standardise, constant feature 100,
+    {-1, 1} one-hot targets, (f^T f + l2 I)^-1 f^T t."""
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    features = lambda z: np.concatenate([(z - mean) / std, np.full((len(z), 1), 100.0)], 1)
+    f, targets = features(np.float64(x)), 2 * np.eye(classes)[labels] - 1
+    w = np.linalg.solve(f.T @ f + l2 * np.eye(f.shape[1]), f.T @ targets)
+    return np.mean((features(np.float64(test_x)) @ w).argmax(1) == test_labels)
+
+
+def test_fewshot_ridge_follows_big_vision_protocol():
+    x, y = _blobs(700, 16, 4, spread=3.0, seed=3)
+    got = linear_models.fewshot_top1(x[:500], y[:500], x[500:], y[500:], shots=(2, 10),
+                                     seeds=(0, 1, 2), l2=1024.0, num_classes=4)
+    for k in (2, 10):
+        picks = [linear_models.fewshot_indices(y[:500], k, seed) for seed in (0, 1, 2)]
+        expected = np.mean([_numpy_fewshot_top1(x[p], y[p], x[500:], y[500:], 1024.0, 4)
+                            for p in picks])
+        assert got[k] == pytest.approx(expected, abs=1e-6)
+    assert 0.3 < got[2] < got[10] < 1.0
+    blobs, labels = _blobs(700, 4, 4, spread=12.0, seed=3)   # far apart: one shot suffices
+    assert linear_models.fewshot_top1(blobs[:500], labels[:500], blobs[500:], labels[500:],
+                                      shots=(1,), seeds=(0, 1), l2=1024.0,
+                                      num_classes=4) == {1: 1.0}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """(data_dir, run, random params) of a tiny CLIP on 8 devices over digit_captions."""
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    builders.prepare("digit_captions", data_dir)
+    config = tiny_config("clip")
+    config.mesh.update(data=2, fsdp=4)
+    config.evals = {"probe": dict(type="linear_probe", dataset="digit_captions", split="test",
+                                  max_train_examples=500, batch_size=200, shots=(1, 5))}
+    run = setup(config, tokenizer=TOKENIZER)
+    rng = np.random.default_rng(0)   # random weights of the params' shapes (no init compile)
+    params = jax.tree.map(lambda a: (0.2 * rng.standard_normal(a.shape)).astype(a.dtype),
+                          run.abstract_state.params)
+    return data_dir, run, params
+
+
+def test_linear_probe_end_to_end_fits_the_encode_image_embeddings(digits):
+    data_dir, run, params = digits
+    probe = evaluators.build(run, data_dir)["probe"]
+    encoded, encode = {}, probe.features   # records the features `run` fits on
+    probe.features = lambda params, split, limit=None: encoded.setdefault(
+        split, encode(params, split, limit))
+    metrics = probe.run(params)
+    assert set(metrics) == {"top1", "top5", "l2", "fewshot_1shot_top1", "fewshot_5shot_top1"}
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "l2")
+    assert metrics["l2"] in probe.l2_grid and metrics["top5"] >= metrics["top1"]
+    # The train rows: encode_image of the split's records, a seeded subset of 500 of 4000.
+    train_z, train_y = encoded["train"]
+    rows = subset(4000, 500, seed=0)
+    records = list(sources.get("digit_captions").records(data_dir, "train"))
+    direct = Model(run.config, params, TOKENIZER, batch_size=100).encode_image(
+        [records[i]["image"] for i in rows])
+    assert train_z.shape == (500, 16) and sorted(set(train_y.tolist())) == list(range(10))
+    np.testing.assert_allclose(train_z, direct, atol=1e-5)
+    np.testing.assert_array_equal(train_y, [records[i]["label"] for i in rows])
+    test_z, test_y = encoded["test"]
+    assert test_z.shape == (1000, 16) and np.bincount(test_y).tolist() == [100] * 10
+    refit = probe_metrics(direct, train_y, test_z, test_y, num_classes=10, l2_grid=probe.l2_grid,
+                          val_fraction=0.2, max_iter=300, shots=(1, 5),
+                          seeds=[(0, 0), (0, 1), (0, 2)], fewshot_l2=1024.0, seed=0)
+    assert metrics == pytest.approx(refit, abs=0.005)
