@@ -130,3 +130,23 @@ def test_an_evaluator_the_model_cannot_serve_is_named_before_training(tmp_path, 
     clip.evals = {"mlm": dict(type="mlm", dataset="prose")}
     with pytest.raises(config_lib.ConfigError, match="'mlm' needs a model with mlm_logits"):
         train(clip, str(tmp_path / "clip"), data_dir)
+
+
+def test_three_evaluators_each_write_at_their_own_steps(tmp_path, data_dir):
+    """config.evals entries on different schedules: each at its multiples of `every`, all at
+    the last step; eval/<name>/<metric> in metrics.jsonl."""
+    c = _tiny(config_lib.defaults())
+    c.train.update(steps=6, log_every=3, checkpoint_every=6)
+    c.evals = {"zs": dict(type="zeroshot", dataset="digit_captions", split="test", every=2),
+               "ret": dict(type="retrieval", dataset="digit_captions", split="test", every=3, ks=(1,)),
+               "probe": dict(type="linear_probe", dataset="digit_captions", split="test", every=4,
+                             max_train_examples=200, shots=(1,), seeds=1, l2_grid=(1e-3,))}
+    workdir = str(tmp_path / "run")
+    train(c, workdir, data_dir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = {name: [r["step"] for r in records if f"eval/{name}/top1" in r or f"eval/{name}/i2t_r1" in r]
+             for name in c.evals}
+    assert steps == {"zs": [2, 4, 6], "ret": [3, 6], "probe": [4, 6]}
+    final = [r for r in records if r["step"] == 6 and "eval/zs/top1" in r][0]
+    assert {"eval/zs/top5", "eval/ret/t2i_r1", "eval/probe/fewshot_1shot_top1"} <= final.keys()

@@ -382,7 +382,7 @@ class StreamLoader:
 
 
 def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_index=0,
-                 process_count=1, pad_to=1, image_options=None):
+                 process_count=1, pad_to=1, image_options=None, rows=None):
     """One pass over a split for evaluation: yields (this process's batch, valid [b] bool).
 
     Process p reads records p, p + P, ...; every process yields the same number of batches
@@ -390,7 +390,8 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     copies of the first row and valid=False, so a global batch always fills the mesh. The
     batch also holds '_index' (int32 [b]): each row's position in the split, so per-example
     randomness (eval masking) does not depend on the batch size or the process count.
-    Records are read batch by batch, never the whole split at once.
+    Records are read batch by batch, never the whole split at once. `rows` (ascending record
+    indices, random-access datasets only) reads those records instead of the whole split.
     """
     image_options = image_options or images.ImageOptions()
     dataset = sources.get(name, data_dir)
@@ -400,9 +401,12 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     batch_size = math.ceil(batch_size / pad_to) * pad_to
     if dataset.random_access:
         source = dataset.source(data_dir, split)
-        total = len(source)
-        indices = range(process_index, total, process_count)
+        wanted = range(len(source)) if rows is None else rows
+        total = len(wanted)
+        indices = wanted[process_index::process_count]
         mine = (source[i] for i in indices)
+    elif rows is not None:
+        raise ConfigError(f'dataset {name!r} is streamed: it cannot read a subset of its rows')
     else:
         total = sum(1 for _ in dataset.records(data_dir, split))  # a streamed split: count it
         indices = range(process_index, total, process_count)

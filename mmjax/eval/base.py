@@ -65,12 +65,13 @@ class Evaluator:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         return max(1, shards // jax.process_count())
 
-    def map_split(self, fn, params, spec, split=None, batch_size=None):
+    def map_split(self, fn, params, spec, split=None, batch_size=None, rows=None):
         """{key: numpy [n, ...]} of `fn(params, batch, index) -> {key: [b, ...]}` over every
         example of the split, in the order the global batches hold them.
 
         Each process reads and feeds only its share of each global batch; the outputs are
-        gathered once per batch. `spec` is the batch spec (keys, per-example shapes)."""
+        gathered once per batch. `spec` is the batch spec (keys, per-example shapes); `rows`
+        (ascending indices) reads only those records of the split."""
         def with_valid(params, batch, index):
             return fn(params, batch, index) | {"_valid": batch["_valid"]}
 
@@ -81,7 +82,8 @@ class Evaluator:
             spec=spec, tokenizer=self.setup.tokenizer,
             batch_size=max(1, (batch_size or self.spec["batch_size"]) // jax.process_count()),
             process_index=jax.process_index(), process_count=jax.process_count(),
-            pad_to=self._pad_to(), image_options=images.ImageOptions.from_config(self.setup.config.data))
+            pad_to=self._pad_to(), image_options=images.ImageOptions.from_config(self.setup.config.data),
+            rows=rows)
         for index, (local, valid) in enumerate(self._progress(batches, split or self.spec["split"])):
             batch = sharding.global_batch(local | {"_valid": valid}, self.setup.mesh)
             outputs.append(jax.device_get(step(params, batch, np.int32(index))))

@@ -55,12 +55,15 @@ class LinearProbe(Evaluator):
 
     def features(self, params, split, limit=None):
         """(embeddings [n, d] float32, labels [n] int32) of a split, in its evaluation order,
-        or of `subset(len(split), limit, seed)` of its rows when a limit is given.
-
-        The whole split is encoded (`map_split` reads every batch), then subset."""
-        out = self.map_split(self._encode_images, params, self.batch_spec, split=split)
-        rows = subset(len(out["label"]), limit, self.seed)
-        return np.float32(out["z"][rows]), np.int32(out["label"][rows])
+        or of `subset(len(split), limit, seed)` of its rows when a limit is given: only those
+        rows are read and encoded (a streamed dataset is encoded whole, then subset)."""
+        if limit is None or not self.dataset.random_access:
+            out = self.map_split(self._encode_images, params, self.batch_spec, split=split)
+            rows = subset(len(out["label"]), limit, self.seed)
+            return np.float32(out["z"][rows]), np.int32(out["label"][rows])
+        rows = subset(len(self.dataset.source(self.data_dir, split)), limit, self.seed)
+        out = self.map_split(self._encode_images, params, self.batch_spec, split=split, rows=rows)
+        return np.float32(out["z"]), np.int32(out["label"])
 
     def num_classes(self, *label_arrays):
         """The dataset's class count, else the largest label seen + 1."""
