@@ -18,7 +18,8 @@ from mmjax.convert import torch_io
 torch = torch_io.import_torch()
 import open_clip  # noqa: E402
 
-from mmjax import export  # noqa: E402
+from mmjax import cli, export  # noqa: E402
+from mmjax.data import build  # noqa: E402
 from mmjax.data.sources import DIGIT_NAMES  # noqa: E402
 from splits import digit_arrays  # noqa: E402
 
@@ -52,11 +53,20 @@ def trained(tmp_path_factory):
     for i, (photo, label) in enumerate(zip(photos, digits["label"][pick])):
         os.makedirs(root / DIGIT_NAMES[label], exist_ok=True)
         Image.fromarray(photo, "L").save(root / DIGIT_NAMES[label] / f"{i:04d}.png")
-    run_mmjax("data", "build", str(root), "--name", "my_photos", "--data_dir", str(data_dir),
-              "--val_fraction", "0", "--workers", "1")
+    build.build(str(root), "my_photos", str(data_dir), val_fraction=0, workers=1)
     out = str(tmp_path_factory.mktemp("export") / "open_clip")
     export.export(str(workdir), "open_clip", out)
     return str(workdir), str(data_dir), out, photos, digits["label"][pick]
+
+
+EVALS = "zeroshot:my_photos,retrieval:digit_captions:test"
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """`mmjax eval --evals EVALS` on the trained run: what the parity tests compare with."""
+    workdir, data_dir, *_ = trained
+    return run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", EVALS)
 
 
 def _open_clip(out):
@@ -74,9 +84,8 @@ def _encode(model, images_nhwc, texts, context_length):
     return zimg, ztxt
 
 
-def test_zero_shot_top1_equals_open_clips_own_model_and_tokenizer(trained):
-    workdir, data_dir, out, photos, labels = trained
-    ours = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", "zeroshot:my_photos")
+def test_zero_shot_top1_equals_open_clips_own_model_and_tokenizer(trained, evaluated):
+    _, _, out, photos, labels = trained
     # open_clip: the folder names as class names, "a photo of a {}." (the image folder's default
     # template), its own tokenizer; class vector = normalised mean of normalised prompts.
     model = _open_clip(out)
@@ -87,7 +96,7 @@ def test_zero_shot_top1_equals_open_clips_own_model_and_tokenizer(trained):
     predicted = np.asarray(sorted(DIGIT_NAMES))[np.argmax(zimg @ classes.T, axis=1)]
     top1 = np.mean(predicted == np.asarray(DIGIT_NAMES)[labels])
     assert top1 > 0.3  # trained: well above chance (0.1)
-    assert ours["eval/zeroshot_my_photos/top1"] == pytest.approx(top1, abs=1e-9)
+    assert evaluated["eval/zeroshot_my_photos/top1"] == pytest.approx(top1, abs=1e-9)
 
 
 def _numpy_recall(zimg, ztxt, captions, ks):
@@ -105,26 +114,23 @@ def _numpy_recall(zimg, ztxt, captions, ks):
     return out
 
 
-def test_retrieval_recall_equals_numpy_on_open_clip_embeddings(trained):
-    workdir, data_dir, out, _, _ = trained
-    ours = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals",
-                     "retrieval:digit_captions:test")
+def test_retrieval_recall_equals_numpy_on_open_clip_embeddings(trained, evaluated):
+    _, data_dir, out, _, _ = trained
     digits = digit_arrays(data_dir, "test")
     zimg, ztxt = _encode(_open_clip(out), digits["image"], digits["caption"], context_length=16)
     expected = _numpy_recall(zimg, ztxt, digits["caption"], ks=(1, 5, 10))
     assert expected["i2t_r1"] > 0.3
     for key, value in expected.items():
-        assert ours[f"eval/retrieval_digit_captions/{key}"] == pytest.approx(value, abs=1e-9), key
+        assert evaluated[f"eval/retrieval_digit_captions/{key}"] == pytest.approx(value, abs=1e-9), key
 
 
-def test_imported_open_clip_model_evaluates_as_the_run_it_came_from(trained, tmp_path):
-    workdir, data_dir, out, _, _ = trained
+def test_imported_open_clip_model_evaluates_as_the_run_it_came_from(trained, evaluated, tmp_path):
+    _, data_dir, out, _, _ = trained
     new = str(tmp_path / "imported")
-    run_mmjax("import", "--format", "open_clip", "--src", out, "--workdir", new,
-              "--config", "configs/smoke_clip.py", "--data_dir", data_dir)
-    evals = "zeroshot:my_photos,retrieval:digit_captions:test"
-    original = run_mmjax("eval", "--workdir", workdir, "--data_dir", data_dir, "--evals", evals)
-    imported = run_mmjax("eval", "--workdir", new, "--data_dir", data_dir, "--evals", evals)
+    assert cli.main(["import", "--format", "open_clip", "--src", out, "--workdir", new,
+                     "--config", "configs/smoke_clip.py", "--data_dir", data_dir]) == 0
+    original = evaluated
+    imported = run_mmjax("eval", "--workdir", new, "--data_dir", data_dir, "--evals", EVALS)
     metrics = [k for k in original if k.startswith("eval/")]
     assert len(metrics) >= 6 and imported["step"] == 0
     for key in metrics:
