@@ -74,14 +74,6 @@ def test_default_smoke_clip_reaches_the_zero_shot_bar(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_smoke_clip_on_a_3d_mesh_of_8_devices_reaches_the_bar(tmp_path, data_dir):
-    workdir = str(tmp_path / "run")
-    _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_clip.py",
-           "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
-    assert _final_eval(workdir)["eval/zeroshot/top1"] >= 0.85
-
-
-@pytest.mark.slow
 def test_smoke_mlm_beats_twice_the_most_frequent_token(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_mlm.py")
