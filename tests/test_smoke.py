@@ -51,6 +51,7 @@ def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_pa
     assert [r["step"] for r in train] == [2, 4, 6]
     for r in train:
         assert {"train/loss", "train/lr", "train/examples_per_s"} <= r.keys()
+        assert 0 < r["train/mfu"] < 1   # the task's FLOPs against a measured CPU matmul peak
     evals = [r for r in records if "eval/zeroshot/top1" in r]
     assert [r["step"] for r in evals] == [3, 6]
     assert {"eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1"} <= evals[0].keys()

@@ -110,3 +110,17 @@ def test_a_non_finite_update_is_skipped_and_counted():
     assert int(metrics["skipped_steps"]) == 0 and np.isfinite(float(metrics["loss"]))
     moved = jax.device_get(state.params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(before)))
+
+
+def test_mfu_is_flops_per_second_over_the_chips_peak(monkeypatch):
+    import types
+    from mmjax.train import mfu
+    tpu = types.SimpleNamespace(device_kind="TPU v5 lite", platform="tpu")
+    assert mfu.chip_peak(tpu) == (197e12, "TPU v5 lite data sheet")
+    cpu = types.SimpleNamespace(device_kind="cpu", platform="cpu")
+    peak, source = mfu.chip_peak(cpu)
+    assert 1e8 < peak < 1e13 and source.startswith("measured float32")
+    monkeypatch.setattr(mfu, "chip_peak", lambda device, dtype: (2e12, "table"))
+    meter = mfu.MFU(flops_per_step=1e12, dtype="float32")
+    assert meter(0.5)["train/mfu"] == pytest.approx(1e12 * 0.5 / (meter.chips * 2e12))
+    assert mfu.MFU(flops_per_step=None)(1.0) == {}

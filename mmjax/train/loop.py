@@ -13,6 +13,7 @@ from mmjax.metrics import MetricWriter, Throughput
 from mmjax.train import TrainingDiverged, init_from
 from mmjax.train.early_stop import EarlyStopping
 from mmjax.train.feed import Feed
+from mmjax.train.mfu import MFU
 from mmjax.train.setup import setup
 
 
@@ -86,6 +87,10 @@ def train(config, workdir, data_dir, weights_only=False):
     train_step = run.train_step()
     evals = evaluators.build(run, data_dir)
     throughput = Throughput(config.train.batch_size)
+    mfu = MFU(run.task.train_flops(), config.model.get("dtype", "float32"))
+    if mfu.peak:
+        writer.print(f"train/mfu: {mfu.flops_per_step / 1e9:.1f} GFLOPs per step (mmjax/flops.py) "
+                     f"against {mfu.peak / 1e12:.2f} TFLOP/s per chip x {mfu.chips} ({mfu.source})")
     stopping = EarlyStopping(config, workdir, start)
     end = start if stopping.record["stopped"] else config.train.steps  # stopped early before
     max_skipped = config.optim.get("max_skipped_steps", 10)
@@ -110,7 +115,8 @@ def train(config, workdir, data_dir, weights_only=False):
             metrics = jax.device_get(metrics)
             rate = throughput(step)
             writer.write(step, {f"train/{k}": v for k, v in metrics.items()} |
-                         {"train/examples_per_s": rate} | feed.stats())
+                         {"train/examples_per_s": rate} | mfu(rate / config.train.batch_size) |
+                         feed.stats())
             writer.progress(step, float(metrics["loss"]), rate)
             if int(metrics.get("skipped_steps", 0)) > max_skipped:
                 ckpt.wait()
