@@ -7,3 +7,33 @@ _flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
           if not f.startswith('--xla_force_host_platform_device_count')]
 os.environ['XLA_FLAGS'] = ' '.join(_flags + [_DEVICE_FLAG])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+SMOKE_CLIP_STEPS = 60
+
+
+def run_mmjax(*args):
+    """`mmjax ARGS` in a fresh process on one CPU device (as a user runs it); its JSON line."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def trained_smoke_clip(tmp_path_factory):
+    """The smoke CLIP (one-channel digits) trained SMOKE_CLIP_STEPS steps by `mmjax train`,
+    well above chance, shared by the export and evaluation parity tests: (workdir, data_dir)."""
+    data_dir, workdir = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("run")
+    run_mmjax("train", "--config", "configs/smoke_clip.py", "--workdir", str(workdir), "--data_dir",
+              str(data_dir), f"--config.train.steps={SMOKE_CLIP_STEPS}", "--config.train.batch_size=64",
+              f"--config.train.log_every={SMOKE_CLIP_STEPS}", "--config.train.eval_every=1000",
+              "--config.optim.warmup_steps=5")
+    return str(workdir), str(data_dir)

@@ -26,6 +26,7 @@ from mmjax import export  # noqa: E402
 from mmjax.convert import hf_bert, open_clip as open_clip_convert  # noqa: E402
 from mmjax.data.tokenizers import ClipTokenizer  # noqa: E402
 from mmjax import tasks  # noqa: E402
+from conftest import SMOKE_CLIP_STEPS  # noqa: E402
 from splits import digit_arrays  # noqa: E402
 
 TOL = 1e-4
@@ -154,20 +155,10 @@ def test_minilm_import_matches_sentence_transformers():
     assert np.abs(ours - theirs).max() < TOL, np.abs(ours - theirs).max()
 
 
-@pytest.fixture(scope="module")
-def trained_clip(tmp_path_factory):
-    """The smoke CLIP config (one-channel digits) trained a few steps by `mmjax train`."""
-    data_dir, workdir = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("run")
-    run_mmjax("train", "--config", "configs/smoke_clip.py", "--workdir", str(workdir), "--data_dir",
-              str(data_dir), "--config.train.steps=3", "--config.train.batch_size=16",
-              "--config.train.log_every=3", "--config.optim.warmup_steps=1")
-    return str(workdir), str(data_dir)
-
-
-def test_trained_smoke_clip_export_loads_in_open_clip_and_matches(trained_clip, tmp_path):
-    workdir, data_dir = trained_clip
+def test_trained_smoke_clip_export_loads_in_open_clip_and_matches(trained_smoke_clip, tmp_path):
+    workdir, data_dir = trained_smoke_clip
     out = str(tmp_path / "open_clip")
-    assert export.export(workdir, "open_clip", out)["step"] == 3
+    assert export.export(workdir, "open_clip", out)["step"] == SMOKE_CLIP_STEPS
     config, _, params = export.read_checkpoint(workdir)
     with open(os.path.join(out, open_clip_convert.CONFIG_FILE)) as f:
         model_cfg = json.load(f)["model_cfg"]

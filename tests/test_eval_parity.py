@@ -2,10 +2,7 @@
 own model and tokenizer, scores what mmjax's zeroshot and retrieval evaluators report; imported
 back, `mmjax eval` on it gives the numbers of the run it came from."""
 
-import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -21,31 +18,18 @@ import open_clip  # noqa: E402
 from mmjax import cli, export  # noqa: E402
 from mmjax.data import build  # noqa: E402
 from mmjax.data.sources import DIGIT_NAMES  # noqa: E402
+from conftest import run_mmjax  # noqa: E402
 from splits import digit_arrays  # noqa: E402
 
 PHOTOS_PER_CLASS = 20
 
 
-def run_mmjax(*args):
-    """`mmjax ARGS` in a fresh process on one CPU device; its JSON summary line."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_smoke_clip, tmp_path_factory):
     """The smoke CLIP trained 60 steps (well above chance: class margins are not float noise),
     its open_clip export, and a 'my_photos' image folder of gray digit PNGs built into the
     data dir: (workdir, data_dir, export dir, photos [n, 28, 28] uint8, labels)."""
-    data_dir, workdir = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("run")
-    run_mmjax("train", "--config", "configs/smoke_clip.py", "--workdir", str(workdir), "--data_dir",
-              str(data_dir), "--config.train.steps=60", "--config.train.batch_size=64",
-              "--config.train.log_every=60", "--config.train.eval_every=1000",
-              "--config.optim.warmup_steps=5")
+    workdir, data_dir = trained_smoke_clip
     digits = digit_arrays(str(data_dir), "test")
     pick = np.concatenate([np.flatnonzero(digits["label"] == c)[:PHOTOS_PER_CLASS] for c in range(10)])
     photos = np.round((digits["image"][pick, ..., 0] + 1) * 127.5).astype(np.uint8)
