@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 # Everything else (train.steps, mesh, optimiser settings, ...) may change between runs.
 MATCH_KEYS = ("task", "seed", "model", "data", "optim.name")
 # ... except these, which change how the model computes or the input is read, not what.
-COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention", "data.worker_count",
-                "data.max_bad_fraction")
+COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention", "model.prune_last_layer",
+                "data.worker_count", "data.max_bad_fraction")
 
 
 class CheckpointError(RuntimeError):

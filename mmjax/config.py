@@ -180,6 +180,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = dict(
         dtype="float32", param_dtype="float32",   # compute dtype / storage dtype
         scan=True, remat="none", attention="auto", fused_qkv=True,
+        # The last layer only at the positions the loss reads (class / EOT token, masked
+        # slots): the same outputs, fewer FLOPs; False computes every position (mmjax/flops.py).
+        prune_last_layer=True,
         embed_dim=512, contrastive_loss="infonce", init_logit_bias=None,
         image=dict(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="cls",
                    ln_pre=True, patch_bias=False, pre_norm=True, activation="gelu", norm_eps=1e-5),

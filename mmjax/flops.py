@@ -13,6 +13,10 @@ sequences of L tokens, width e, MLP width f, forward:
 
 The full L×L square is counted, causal or not: the einsum and XLA paths compute it and
 mask (a causal flash kernel would skip about half of it).
+Pruned last layer (`model.prune_last_layer`, the default): when the loss reads only n of
+the L rows (n = 1 for a class / EOT / [CLS] token, M masked slots for MLM), the last layer
+projects k and v at all L rows (2·b·L·2e²) and q, the output projection and the MLP at the
+n rows only (2·b·n·(2e² + 2·e·f)); its attention scores are n×L (2·2·b·n·L·e).
 MLM (BERT): embeddings are gathers (no FLOPs); the head runs only at the b·M predicted
 slots (M = model.mlm.max_predictions, padding slots included): transform 2·b·M·e², tied
 decoder 2·b·M·e·V.
@@ -26,11 +30,18 @@ remat recomputation (MFU is model FLOPs / time, as in PaLM and MaxText).
 """
 
 
-def encoder_forward(b, length, width, mlp_dim, depth):
-    """Forward FLOPs of `depth` layers over b sequences of `length` tokens."""
-    tokens = b * length
-    return depth * (2 * tokens * 4 * width * width + 2 * tokens * 2 * width * mlp_dim
-                    + 4 * b * length * length * width)
+def prunes(model_config):
+    """Whether `config.model` prunes the last layer (a config saved before the key: yes)."""
+    return model_config.get("prune_last_layer", True)
+
+
+def encoder_forward(b, length, width, mlp_dim, depth, selected=None):
+    """Forward FLOPs of `depth` layers over b sequences of `length` tokens; with `selected`,
+    the last layer computes only that many rows per sequence (k and v still at every row)."""
+    def layer(rows):
+        return (2 * b * length * 2 * width * width + 2 * b * rows * 2 * width * width
+                + 2 * b * rows * 2 * width * mlp_dim + 4 * b * rows * length * width)
+    return (depth - 1) * layer(length) + layer(length if selected is None else selected)
 
 
 def mlm_head_forward(b, text, max_predictions):
@@ -39,18 +50,33 @@ def mlm_head_forward(b, text, max_predictions):
     return 2 * slots * e * e + 2 * slots * e * text.vocab_size
 
 
-def mlm_train_flops(b, text, max_predictions):
-    """BERT masked-LM step: encoder plus the head at the predicted slots, all 3x."""
-    return 3 * (encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth)
+def mlm_train_flops(b, text, max_predictions, prune=True):
+    """BERT masked-LM step: encoder (last layer at the M slots when `prune`) plus the head at
+    the predicted slots, all 3x."""
+    rows = max_predictions if prune else None
+    return 3 * (encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth, rows)
                 + mlm_head_forward(b, text, max_predictions))
 
 
-def clip_train_flops(b, image, text, image_size, channels, embed_dim):
-    """CLIP step: both towers, projections and the two b×b logits 3x; the patch embedding 2x."""
+def text_pooled_rows(text, prune=True):
+    """Rows the text tower's last layer computes for its pooled features (None: all)."""
+    return 1 if prune and text.pool in ("eot", "first") else None
+
+
+def image_pooled_rows(image, prune=True):
+    """Rows the ViT's last layer computes for its pooled features (None: all)."""
+    return 1 if prune and image.pool == "cls" else None
+
+
+def clip_train_flops(b, image, text, image_size, channels, embed_dim, prune=True):
+    """CLIP step: both towers, projections and the two b×b logits 3x; the patch embedding 2x.
+    With `prune`, each tower's last layer runs only at its pooled row (class token, EOT)."""
     patches = (image_size // image.patch_size) ** 2
     image_tokens = patches + (image.pool == "cls")
-    forward = (encoder_forward(b, image_tokens, image.width, image.mlp_dim, image.depth)
-               + encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth)
+    forward = (encoder_forward(b, image_tokens, image.width, image.mlp_dim, image.depth,
+                               image_pooled_rows(image, prune))
+               + encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth,
+                                 text_pooled_rows(text, prune))
                + 2 * b * (image.width + text.width) * embed_dim + 4 * b * b * embed_dim)
     patch_embed = 2 * b * patches * image.patch_size ** 2 * channels * image.width
     return 3 * forward + 2 * patch_embed

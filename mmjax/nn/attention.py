@@ -7,23 +7,55 @@ import jax.numpy as jnp
 from mmjax.nn.init import logical, normal_init
 
 
-def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, backend="auto"):
-    """Softmax attention of q, k, v shaped [b, l, h, d] -> [b, l, h, d].
+def take_rows(x, positions):
+    """x [b, l, ...] at positions [b, n] -> [b, n, ...]; positions None: x itself."""
+    if positions is None:
+        return x
+    idx = positions.reshape(positions.shape + (1,) * (x.ndim - 2)).astype(jnp.int32)
+    return jnp.take_along_axis(x, idx, axis=1)
 
-    padding_mask: [b, l_k] bool, True where the key is a real token.
+
+def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
+    """Bool mask [b | 1, 1, q, k] of the allowed (query, key) pairs, or None when all are.
+
+    padding_mask: [b, k], True at real keys. causal: a query at position p sees keys <= p,
+    its position being its row (q_positions None) or q_positions [b, q].
+    """
+    mask = None if padding_mask is None else padding_mask[:, None, None, :]
+    if causal:
+        keys = jnp.arange(k_length)
+        if q_positions is None:
+            seen = jnp.arange(q_length)[:, None] >= keys                 # [q, k]
+        else:
+            seen = (q_positions[:, :, None] >= keys)[:, None]            # [b, 1, q, k]
+        mask = seen if mask is None else mask & seen
+    return mask
+
+
+def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, q_positions=None,
+                          backend="auto"):
+    """Softmax attention of q [b, q, h, d] over k, v [b, l, h, d] -> [b, q, h, d].
+
+    padding_mask: [b, l] bool, True where the key is a real token.
+    q_positions: [b, q] int, the positions of the query rows among the keys (a pruned last
+    layer queries only the rows the loss reads); None: the queries are the whole sequence.
     backend: 'einsum' is the plain form below (the fastest on CPU for small models);
     'xla' and 'cudnn' go through `jax.nn.dot_product_attention` (cuDNN flash attention on
     GPU); 'auto' picks 'einsum' on CPU and lets `jax.nn.dot_product_attention` choose elsewhere.
+    Selected queries (q_positions) never use 'cudnn': their mask is explicit, and a flash
+    kernel brings nothing to a handful of query rows.
     """
     if backend == "auto":
         backend = "einsum" if jax.default_backend() == "cpu" else None
-    mask = None if padding_mask is None else padding_mask[:, None, None, :]
     if backend != "einsum":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=backend)
+        if q_positions is None:
+            mask = None if padding_mask is None else padding_mask[:, None, None, :]
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                                implementation=backend)
+        mask = attention_mask(padding_mask, causal, q_positions, q.shape[1], k.shape[1])
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    if causal:
-        causal_mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
-        mask = causal_mask if mask is None else mask & causal_mask
+    mask = attention_mask(padding_mask, causal, q_positions, q.shape[1], k.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
@@ -31,7 +63,11 @@ def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, backend="
 
 
 class Attention(nn.Module):
-    """Self-attention with fused (or separate) q/k/v projections and an output projection."""
+    """Self-attention with fused (or separate) q/k/v projections and an output projection.
+
+    With `select` [b, n], only the rows at those positions query (keys and values still
+    come from every row): [b, l, e] -> [b, n, e], the rows the full layer would give there.
+    """
 
     num_heads: int
     fused_qkv: bool = True
@@ -40,7 +76,7 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, padding_mask=None, causal=False):  # x: [b, l, (h d)]
+    def __call__(self, x, padding_mask=None, causal=False, select=None):  # x: [b, l, (h d)]
         width = x.shape[-1]
         h, d = self.num_heads, width // self.num_heads
         x = x.astype(self.dtype)
@@ -52,15 +88,19 @@ class Attention(nn.Module):
         if self.fused_qkv:
             w = param("qkv_kernel", (width, 3, h, d), ("embed", None, "heads", "kv"))
             b = param("qkv_bias", (3, h, d), (None, "heads", "kv"), zeros)
-            q, k, v = jnp.einsum("ble,ethd->tblhd", x, w) + b[:, None, None]
+            if select is None:
+                q, k, v = jnp.einsum("ble,ethd->tblhd", x, w) + b[:, None, None]
+            else:
+                q = jnp.einsum("bne,ehd->bnhd", take_rows(x, select), w[:, 0]) + b[0]
+                k, v = jnp.einsum("ble,ethd->tblhd", x, w[:, 1:]) + b[1:, None, None]
         else:
             q, k, v = (
-                jnp.einsum("ble,ehd->blhd", x, param(f"{n}_kernel", (width, h, d), ("embed", "heads", "kv")))
+                jnp.einsum("ble,ehd->blhd", take_rows(x, select) if n == "q" else x,
+                           param(f"{n}_kernel", (width, h, d), ("embed", "heads", "kv")))
                 + param(f"{n}_bias", (h, d), ("heads", "kv"), zeros)
                 for n in "qkv")
         y = dot_product_attention(q, k, v, padding_mask=padding_mask, causal=causal,
-                                  backend=self.backend)
+                                  q_positions=select, backend=self.backend)
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"))
         b_out = param("out_bias", (width,), ("embed",), zeros)
         return jnp.einsum("blhd,hde->ble", y, w_out) + b_out
-

@@ -4,7 +4,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.masking import gather_positions
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.transformer import ACTIVATIONS, layer_norm
@@ -65,8 +64,8 @@ class BertMlm(nn.Module):
     head: MlmHead
 
     def __call__(self, tokens, positions, token_types=None):
-        _, sequence = self.text(tokens, token_types)
-        return self.head(gather_positions(sequence, positions), self.text.word_embeddings())
+        hidden = self.text.at_positions(tokens, positions, token_types)   # [b, m, e]
+        return self.head(hidden, self.text.word_embeddings())
 
     def mlm_logits(self, tokens, positions, token_types=None):
         """The same as calling the model: the name every MLM-capable model shares."""

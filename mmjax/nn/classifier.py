@@ -21,7 +21,7 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, inputs):
-        features = self.image(inputs) if self.image is not None else self.text(inputs)[0]
+        features = self.image(inputs) if self.image is not None else self.text.pooled(inputs)
         return nn.Dense(self.num_classes, name="classifier", param_dtype=self.param_dtype,
                         kernel_init=logical(nn.initializers.zeros, ("embed", "vocab")),
                         bias_init=logical(nn.initializers.zeros, ("vocab",)))(features)

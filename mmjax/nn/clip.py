@@ -5,7 +5,6 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.masking import gather_positions
 from mmjax.nn.bert import MlmHead
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.text import TextTransformer
@@ -56,7 +55,7 @@ class DualEncoder(nn.Module):
         return l2_normalize(self.image_proj(self.image(images)))
 
     def encode_text(self, tokens):
-        return l2_normalize(self.text_proj(self.text(tokens)[0]))
+        return l2_normalize(self.text_proj(self.text.pooled(tokens)))
 
     def __call__(self, images, tokens):
         scale = jnp.minimum(jnp.exp(self.logit_scale), self.max_scale)
@@ -64,8 +63,8 @@ class DualEncoder(nn.Module):
         return self.encode_image(images), self.encode_text(tokens), scale, bias
 
     def mlm_logits(self, tokens, positions):
-        _, sequence = self.text(tokens)
-        return self.mlm_head(gather_positions(sequence, positions), self.text.word_embeddings())
+        hidden = self.text.at_positions(tokens, positions)   # [b, m, e]
+        return self.mlm_head(hidden, self.text.word_embeddings())
 
     def init_all(self, images, tokens, positions):
         """Touches every parameter (used once, to initialise)."""

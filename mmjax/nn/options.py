@@ -11,7 +11,10 @@ from typing import Any
 import jax.numpy as jnp
 
 # Keys of `config.model` that say how every tower computes, not what it is.
-COMPUTE_KEYS = ("dtype", "param_dtype", "scan", "remat", "attention", "fused_qkv")
+COMPUTE_KEYS = ("dtype", "param_dtype", "scan", "remat", "attention", "fused_qkv",
+                "prune_last_layer")
+# Compute keys newer than some saved configs, with the value those runs behave the same under.
+LATER_KEYS = {"prune_last_layer": True}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,6 +32,7 @@ class EncoderOptions:
     attention: str = "auto"      # backend of nn.attention.dot_product_attention
     scan: bool = True            # params stacked on a leading 'layers' axis
     remat: str = "none"          # 'none' | 'full' | 'dots' | 'dots_no_batch'
+    prune_last_layer: bool = True  # the last layer only at the rows the caller reads (exact)
     dtype: Any = jnp.float32     # compute
     param_dtype: Any = jnp.float32
 
@@ -64,7 +68,7 @@ class TextOptions(EncoderOptions):
 
 def compute(model_config) -> dict:
     """The compute keys of `config.model`, dtypes as numpy dtypes."""
-    c = {k: model_config[k] for k in COMPUTE_KEYS}
+    c = {k: model_config[k] if k in model_config else LATER_KEYS[k] for k in COMPUTE_KEYS}
     return c | dict(dtype=jnp.dtype(c["dtype"]), param_dtype=jnp.dtype(c["param_dtype"]))
 
 

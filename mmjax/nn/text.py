@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.nn.attention import take_rows
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import TextOptions
 from mmjax.nn.transformer import Encoder, layer_norm
@@ -14,6 +15,7 @@ class TextTransformer(nn.Module):
     CLIP: causal=True, pre_norm=True, final_norm=True, pool='eot' (the position of the largest
     id, which is end-of-text). BERT: causal=False, pre_norm=False, embed_norm=True,
     type_vocab_size=2, pool='first' ([CLS]); padding (id `pad_id`) is masked out of attention.
+    `pooled` and `at_positions` compute the last layer only at the rows they return.
     """
 
     opts: TextOptions
@@ -35,6 +37,23 @@ class TextTransformer(nn.Module):
             self.ln_final = layer_norm(o.norm_eps, **kw)
 
     def __call__(self, tokens, token_types=None):
+        """(pooled [b, width], sequence [b, l, width]): every position of the last layer."""
+        x = self.features(tokens, token_types)
+        return self._pool(x, tokens), x
+
+    def pooled(self, tokens, token_types=None):
+        """Pooled features [b, width]; 'eot' and 'first' run the last layer at that row only."""
+        select = self.pool_positions(tokens)
+        if select is None:
+            return self(tokens, token_types)[0]
+        return self.features(tokens, token_types, select)[:, 0]
+
+    def at_positions(self, tokens, positions, token_types=None):
+        """Features at positions [b, m] -> [b, m, width]; the last layer runs at those rows only."""
+        return self.features(tokens, token_types, positions)
+
+    def features(self, tokens, token_types=None, select=None):
+        """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n]."""
         o = self.opts
         length = tokens.shape[1]
         x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
@@ -43,19 +62,26 @@ class TextTransformer(nn.Module):
         if o.embed_norm:
             x = self.ln_embed(x)
         padding_mask = None if o.causal else tokens != o.pad_id
-        x = self.encoder(x, padding_mask)
-        if o.final_norm:
-            x = self.ln_final(x)
-        if o.pool == "eot":
-            pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
-        elif o.pool == "first":
-            pooled = x[:, 0]
-        elif o.pool == "mean":   # over the real tokens (sentence-transformers' pooling)
-            real = (tokens != o.pad_id)[..., None].astype(x.dtype)
-            pooled = (x * real).sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
-        else:
-            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first', 'mean'")
-        return pooled, x
+        x = self.encoder(x, padding_mask, select)
+        return self.ln_final(x) if o.final_norm else x
+
+    def pool_positions(self, tokens):
+        """The one position [b, 1] that pooling reads ('eot': the largest id; 'first': 0), or
+        None when it reads every position ('mean')."""
+        pool = self.opts.pool
+        if pool not in ("eot", "first", "mean"):
+            raise ValueError(f"text pool {pool!r} unknown; valid: 'eot', 'first', 'mean'")
+        if pool == "eot":
+            return jnp.argmax(tokens, axis=-1)[:, None]
+        return jnp.zeros((tokens.shape[0], 1), jnp.int32) if pool == "first" else None
+
+    def _pool(self, x, tokens):
+        """Pooled features [b, width] of the whole sequence x [b, l, width]."""
+        select = self.pool_positions(tokens)
+        if select is not None:
+            return take_rows(x, select)[:, 0]
+        real = (tokens != self.opts.pad_id)[..., None].astype(x.dtype)   # 'mean' over real tokens
+        return (x * real).sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
 
     def word_embeddings(self):
         """The [vocab, width] token table (the MLM decoder is tied to it)."""

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.attention import Attention
+from mmjax.nn.attention import Attention, take_rows
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import EncoderOptions
 
@@ -49,12 +49,16 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer. `opts.pre_norm`: x + f(LN(x)) (CLIP/ViT); else LN(x + f(x)) (BERT)."""
+    """One transformer layer. `opts.pre_norm`: x + f(LN(x)) (CLIP/ViT); else LN(x + f(x)) (BERT).
+
+    With `select` [b, n]: only the output rows at those positions, [b, l, e] -> [b, n, e]
+    (keys and values from every row; the rest of the layer on the selected rows only).
+    """
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask):
+    def __call__(self, x, padding_mask, select=None):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
         attn = Attention(o.num_heads, o.fused_qkv, o.attention, name="attn", **kw)
@@ -63,10 +67,10 @@ class Block(nn.Module):
         ln2 = layer_norm(o.norm_eps, name="ln2", **kw)
         x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
         if o.pre_norm:
-            x = x + attn(ln1(x), padding_mask, o.causal)
+            x = take_rows(x, select) + attn(ln1(x), padding_mask, o.causal, select)
             x = x + mlp(ln2(x))
         else:
-            x = ln1(x + attn(x, padding_mask, o.causal))
+            x = ln1(take_rows(x, select) + attn(x, padding_mask, o.causal, select))
             x = ln2(x + mlp(x))
         return x
 
@@ -79,24 +83,69 @@ class ScannedBlock(Block):
         return super().__call__(x, padding_mask), None
 
 
-class Encoder(nn.Module):
-    """`opts.depth` blocks; `opts.scan` stacks their params on a leading 'layers' axis (fast
-    compiles), `opts.remat` names a rematerialisation policy ('none', 'full', 'dots', ...)."""
+def _remat(block, o, scanned):
+    if o.remat == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[o.remat], prevent_cse=not scanned)
+
+
+def _stack(o, depth):
+    """`depth` scanned blocks, params stacked on a leading 'layers' axis."""
+    return nn.scan(_remat(ScannedBlock, o, True), variable_axes={"params": 0},
+                   split_rngs={"params": True}, in_axes=(nn.broadcast,), length=depth,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+class _SplitStack(nn.Module):
+    """The scanned layers, seen as {'head': the first depth - 1 stacked, 'last': the last}."""
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask=None):  # [b, l, e] -> [b, l, e]
+    def __call__(self, x, padding_mask, select):  # [b, l, e] -> [b, n, e]
         o = self.opts
-        block = ScannedBlock if o.scan else Block
-        if o.remat != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[o.remat], prevent_cse=not o.scan)
+        if o.depth > 1:
+            x, _ = _stack(o, o.depth - 1)(o, name="head")(x, padding_mask)
+        return _remat(Block, o, False)(o, name="last")(x, padding_mask, select)
+
+
+def _split_last(variables):
+    """{'params': stacked [depth, ...]} -> {'params': {'head': [depth - 1, ...], 'last': [...]}}."""
+    params = variables["params"]
+    return {"params": {"head": jax.tree.map(lambda p: p[:-1], params),
+                       "last": jax.tree.map(lambda p: p[-1], params)}}
+
+
+class Encoder(nn.Module):
+    """`opts.depth` blocks; `opts.scan` stacks their params on a leading 'layers' axis (fast
+    compiles), `opts.remat` names a rematerialisation policy ('none', 'full', 'dots', ...).
+
+    With `select` [b, n] (the positions the caller reads), only those output rows come back,
+    [b, n, e], and with `opts.prune_last_layer` the last layer computes only them.
+    """
+
+    opts: EncoderOptions
+
+    @nn.compact
+    def __call__(self, x, padding_mask=None, select=None):  # [b, l, e] -> [b, l | n, e]
+        o = self.opts
+        if select is None or not o.prune_last_layer or self.is_initializing():
+            return take_rows(self._full(x, padding_mask), select)
+        if o.scan:   # the same stacked params, split into the scanned head and the last layer
+            split = nn.map_variables(_SplitStack, "params", trans_in_fn=_split_last)
+            return split(o, name="layers")(x, padding_mask, select)
+        block = _remat(Block, o, False)
+        for i in range(o.depth):
+            x = block(o, name=f"layers_{i}")(x, padding_mask, select if i == o.depth - 1 else None)
+        return x
+
+    def _full(self, x, padding_mask):
+        """Every layer at every position: [b, l, e] -> [b, l, e]."""
+        o = self.opts
         if o.scan:
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast,), length=o.depth,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(o, name="layers")(x, padding_mask)
+            x, _ = _stack(o, o.depth)(o, name="layers")(x, padding_mask)
             return x
+        block = _remat(Block, o, False)
         for i in range(o.depth):
             x = block(o, name=f"layers_{i}")(x, padding_mask)
         return x

@@ -13,7 +13,8 @@ class ViT(nn.Module):
     """Images [b, H, W, C] -> pooled features [b, width] (after the final LayerNorm).
 
     Layout follows CLIP: patch embed (no bias by default), + positions, LN (`ln_pre`), encoder,
-    pool ('cls' token or 'mean' over patches), LN.
+    pool ('cls' token or 'mean' over patches), LN. With 'cls' the last layer computes only
+    the class token's row (`opts.prune_last_layer`).
     """
 
     opts: ViTOptions
@@ -42,6 +43,9 @@ class ViT(nn.Module):
         x = x + pos.astype(o.dtype)
         if o.ln_pre:
             x = layer_norm(o.norm_eps, name="ln_pre", **kw)(x)
-        x = Encoder(o.replace(causal=False), name="encoder")(x)
-        pooled = x[:, 0] if o.pool == "cls" else x.mean(axis=1)
+        encoder = Encoder(o.replace(causal=False), name="encoder")
+        if o.pool == "cls":   # the last layer runs only at the class token
+            pooled = encoder(x, select=jnp.zeros((x.shape[0], 1), jnp.int32))[:, 0]
+        else:
+            pooled = encoder(x).mean(axis=1)
         return layer_norm(o.norm_eps, name="ln_post", **kw)(pooled)

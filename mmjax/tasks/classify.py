@@ -62,10 +62,12 @@ class Classify(Task):
         m, d, b = self.config.model, self.config.data, self.config.train.batch_size
         if self._tower() == "text":
             t = m.text
-            forward = flops.encoder_forward(b, self._text_length(), t.width, t.mlp_dim, t.depth)
+            forward = flops.encoder_forward(b, self._text_length(), t.width, t.mlp_dim, t.depth,
+                                            flops.text_pooled_rows(t, flops.prunes(m)))
             return 3 * (forward + 2 * b * t.width * m.classify.num_classes)
         i = m.image
         patches = (d.image_size // i.patch_size) ** 2
-        forward = flops.encoder_forward(b, patches + (i.pool == "cls"), i.width, i.mlp_dim, i.depth)
+        forward = flops.encoder_forward(b, patches + (i.pool == "cls"), i.width, i.mlp_dim, i.depth,
+                                        flops.image_pooled_rows(i, flops.prunes(m)))
         patch_embed = 2 * b * patches * i.patch_size ** 2 * d.image_channels * i.width
         return 3 * (forward + 2 * b * i.width * m.classify.num_classes) + 2 * patch_embed

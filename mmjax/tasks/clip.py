@@ -64,4 +64,4 @@ class Clip(Task):
     def train_flops(self):
         m, d = self.config.model, self.config.data
         return flops.clip_train_flops(self.config.train.batch_size, m.image, m.text, d.image_size,
-                                      d.image_channels, m.embed_dim)
+                                      d.image_channels, m.embed_dim, flops.prunes(m))

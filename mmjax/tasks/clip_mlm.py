@@ -30,5 +30,6 @@ class ClipMlm(Clip):
 
     def train_flops(self):
         """CLIP's, plus the text tower run again on the masked captions, plus the MLM head."""
+        m = self.config.model
         return super().train_flops() + flops.mlm_train_flops(
-            self.config.train.batch_size, self.config.model.text, self.config.model.mlm.max_predictions)
+            self.config.train.batch_size, m.text, m.mlm.max_predictions, flops.prunes(m))

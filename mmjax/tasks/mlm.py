@@ -71,4 +71,5 @@ class Mlm(Task):
 
     def train_flops(self):
         m = self.config.model
-        return flops.mlm_train_flops(self.config.train.batch_size, m.text, m.mlm.max_predictions)
+        return flops.mlm_train_flops(self.config.train.batch_size, m.text, m.mlm.max_predictions,
+                                     flops.prunes(m))
