@@ -1,10 +1,11 @@
-"""The implementations users would pick instead, built on the same shapes: HF Flax/PyTorch, open_clip.
+"""The implementations users would pick instead, on the same shapes: HF Flax/PyTorch, open_clip, big_vision.
 
 Each peer gets the config's sizes, dtype, batch and AdamW settings, the same synthetic
 data (MLM: the same 15% masking, done on the host as a data collator would), no dropout,
 and each library's own model classes and usual loss: HF's MLM head scores every position,
 which is what `*ForMaskedLM` does. Install them with the `[bench]` extra into a separate
-environment (benchmarks/README.md); a peer that does not import is reported unavailable.
+environment (benchmarks/README.md); big_vision is a checkout named by $BIG_VISION_DIR
+(benchmarks/big_vision_peer.py). A peer that does not import is reported unavailable.
 """
 
 import resource
@@ -18,7 +19,7 @@ from benchmarks.workload import (BERT_IDS, malloc_name, stand_in_tokenizer, synt
                                  timing_record)
 
 PEERS = {"mlm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
-         "clip": ("hf_flax", "open_clip", "open_clip_compiled")}
+         "clip": ("hf_flax", "open_clip", "open_clip_compiled", "big_vision")}
 
 
 def run(impl, config, name, steps, warmup):
@@ -41,6 +42,7 @@ def run(impl, config, name, steps, warmup):
     record = timing_record(config, name, impl, times, getattr(step, "compile_s", first_s))
     record.update(version=version, first_step_s=first_s, malloc=malloc_name(),
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    record.update({k: getattr(step, k) for k in ("param_count", "xla_flops") if hasattr(step, k)})
     return record
 
 
@@ -109,8 +111,16 @@ def flax_peer(config, model, loss_fn, batches):
         state[0], state[1], loss = compiled(*state, device_batches[i % len(device_batches)])
         jax.block_until_ready(loss)
 
-    step.compile_s = compile_s
+    step.compile_s, step.param_count = compile_s, sum(x.size for x in jax.tree.leaves(params))
+    step.xla_flops = xla_flops(compiled)
     return step
+
+
+def xla_flops(compiled):
+    """The FLOPs XLA's cost analysis counts in a compiled step (None where it has none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return (cost or {}).get("flops")
 
 
 def build_hf_flax_mlm(config, compiled=False):
@@ -167,6 +177,7 @@ def torch_peer(config, model, loss_fn, batches, compiled):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    step.param_count = sum(p.numel() for p in model.parameters())
     return step
 
 
@@ -207,5 +218,11 @@ def build_open_clip(config, compiled=False):
     return torch_peer(config, model, loss_fn, batches, compiled), f"open_clip {open_clip.__version__}"
 
 
+def build_big_vision(config, compiled=False):
+    from benchmarks import big_vision_peer  # imports this module: loaded on use
+    return big_vision_peer.build(config, compiled)
+
+
 BUILDERS = {("mlm", "hf_flax"): build_hf_flax_mlm, ("mlm", "hf_torch"): build_hf_torch_mlm,
-            ("clip", "hf_flax"): build_hf_flax_clip, ("clip", "open_clip"): build_open_clip}
+            ("clip", "hf_flax"): build_hf_flax_clip, ("clip", "open_clip"): build_open_clip,
+            ("clip", "big_vision"): build_big_vision}

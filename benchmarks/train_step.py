@@ -9,9 +9,13 @@ put on the device while the step runs) and measures the machine's matmul peak (j
 float32 and bfloat16 matmuls) in the same process. Prints one JSON line; MFU = achieved
 FLOP/s (the task's `train_flops`, mmjax/flops.py) / measured peak of the compute dtype.
 
---peers runs mmjax and each installed peer (benchmarks/peers.py) in fresh processes, in
-alternating order for `--rounds` rounds so machine noise hits all of them, and prints one
-JSON line with every result and the ratios mmjax / peer.
+--peers runs mmjax and each installed peer (benchmarks/peers.py; big_vision when
+BIG_VISION_DIR names a checkout) in fresh processes, in alternating order for `--rounds`
+rounds (at least 3; `--rounds 1 --quick` for a smoke run) so machine noise hits all of them.
+Before each round it waits up to `--settle-s` for the 1-minute load average to fall to
+`--max-load`; a round that starts above it is marked loaded and left out of the ratios.
+Prints one JSON line: each implementation's median, the per-round ratios mmjax / peer, and
+the ratio against the fastest peer.
 """
 
 import argparse
@@ -93,6 +97,8 @@ def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
         record.update(peak_flops=peaks.get(config.model.dtype, peaks["float32"]),
                       peak_flops_float32=peaks["float32"], peak_flops_bfloat16=peaks["bfloat16"])
         record["mfu"] = record["achieved_flops"] / record["peak_flops"]
+    record.update(param_count=sum(x.size for x in jax.tree.leaves(state.params)),
+                  xla_flops=peers.xla_flops(compiled))
     record.update(peak_rss_mb=peak_rss_mb(), peak_device_mb=peak_device_mb(),
                   model={k: config.model[k] for k in ("scan", "remat", "attention")},
                   device=jax.devices()[0].device_kind, device_count=jax.device_count(),
@@ -106,65 +112,125 @@ def run_one(args, name, config):
     return peers.run(args.impl, config, name, args.steps, args.warmup)
 
 
+def load_avg():
+    return os.getloadavg()[0]
+
+
+def settle(max_load, wait_s, poll_s=5.0):
+    """Waits up to wait_s seconds for the 1-minute load average to fall to max_load; returns it.
+
+    The previous round's own processes keep the average up for a minute after they exit.
+    """
+    deadline, load = time.monotonic() + wait_s, load_avg()
+    while load > max_load and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        load = load_avg()
+    return load
+
+
+def run_process(args, impl):
+    """One implementation in a fresh process: its record, or {'reason': ...} when it did not run."""
+    command = [sys.executable, "-m", "benchmarks.train_step", args.config, *args.overrides,
+               "--impl", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--malloc", args.malloc]
+    load = load_avg()
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {
+        "available": False, "reason": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return dict(result, load_avg_start=load)
+
+
 def run_peers(args, name, config):
     """mmjax and every peer of the task, each in a fresh process, alternating for args.rounds."""
     impls = ["mmjax", *peers.PEERS.get(config.task, ())]
-    runs = {impl: [] for impl in impls}
-    unavailable = {}
+    rounds, unavailable = [], {}
     for r in range(args.rounds):
+        start_load, results = settle(args.max_load, args.settle_s), {}
         for impl in impls if r % 2 == 0 else impls[::-1]:
             if impl in unavailable:
                 continue
-            command = [sys.executable, "-m", "benchmarks.train_step", args.config, *args.overrides,
-                       "--impl", impl, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                       "--malloc", args.malloc]
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-            result = json.loads(lines[-1]) if lines else {
-                "available": False, "reason": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-            print(f"round {r} {impl}: " + (f"{result['throughput']:.1f} {result['unit']}"
-                  if "throughput" in result else f"unavailable ({result['reason']})"), file=sys.stderr)
+            result = run_process(args, impl)
+            print(f"round {r} {impl} (load {result['load_avg_start']:.2f}): "
+                  + (f"{result['throughput']:.1f} {result['unit']}" if "throughput" in result
+                     else f"unavailable ({result['reason']})"), file=sys.stderr)
             if "throughput" in result:
-                runs[impl].append(result)
+                results[impl] = result
             else:
                 unavailable[impl] = result["reason"]
-    return summarize(config, name, runs, unavailable)
+        rounds.append({"round": r, "load_avg_start": start_load, "results": results})
+    return dict(summarize(config, name, rounds, unavailable, args.max_load), quick=args.quick)
 
 
-def summarize(config, name, runs, unavailable):
-    """Per implementation: the median step time over all rounds' steps, and mmjax / peer."""
+def mark_loaded(rounds, max_load):
+    """Marks each round `loaded` when its load average at the start exceeded max_load;
+    returns the rounds that were not."""
+    for r in rounds:
+        r["loaded"] = r["load_avg_start"] > max_load
+    return [r for r in rounds if not r["loaded"]]
+
+
+def impl_summary(config, records):
+    """One implementation over its runs: median step time (and throughput at it), best compile."""
+    median = statistics.median(r["step_time_s"] for r in records)
+    first = records[0]
+    out = {"throughput": examples_per_step(config) / median, "step_time_s": median,
+           "compile_s": min(r["compile_s"] for r in records),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in records)}
+    out.update({k: max(r[k] for r in records) for k in (  # the least disturbed peak
+        "peak_flops", "peak_flops_float32", "peak_flops_bfloat16") if k in first})
+    out.update({k: first[k] for k in ("version", "param_count", "xla_flops") if k in first})
+    return out
+
+
+def compare(summary, used, max_load):
+    """mmjax / peer: of the medians and per round (unloaded rounds only), and the fastest peer."""
+    peer_tp = {k: v["throughput"] for k, v in summary.items()
+               if k != "mmjax" and "throughput" in v}
+    reason = ("mmjax did not run" if "throughput" not in summary.get("mmjax", {}) else "no peer ran" if not peer_tp
+              else f"every round started with the load average above --max-load {max_load}"
+              if not used else None)
+    out = {"fastest_peer": max(peer_tp, key=peer_tp.get) if peer_tp else None}
+    if reason:
+        return dict(out, ratios=None, round_ratios=None, ratio_vs_fastest_peer=None,
+                    ratio_reason=reason)
+    mine = summary["mmjax"]["throughput"]
+    out["ratios"] = {k: mine / v for k, v in peer_tp.items()}
+    out["round_ratios"] = {k: [r["results"]["mmjax"]["throughput"] / r["results"][k]["throughput"]
+                               for r in used if {"mmjax", k} <= set(r["results"])]
+                           for k in peer_tp}
+    out["ratio_vs_fastest_peer"] = out["ratios"][out["fastest_peer"]]
+    out["round_ratios_vs_fastest_peer"] = out["round_ratios"][out["fastest_peer"]]
+    return out
+
+
+def summarize(config, name, rounds, unavailable, max_load=1.0):
+    """Per implementation the median over the unloaded rounds (over all when every round was
+    loaded; none when it ran only in loaded ones), mmjax's MFU, and compare()'s ratios.
+
+    rounds: [{'round', 'load_avg_start', 'results': {impl: record}}] in the order they ran.
+    """
+    used = mark_loaded(rounds, max_load)
+    basis = used or rounds
+    impls = list(dict.fromkeys(k for r in rounds for k in r["results"]))
     summary = {}
-    for impl, results in runs.items():
-        if not results:
-            continue
-        times = [r["step_time_s"] for r in results]
-        first = results[0]
-        summary[impl] = {"throughput": examples_per_step(config) / statistics.median(times),
-                         "step_time_s": statistics.median(times),
-                         "round_throughputs": [r["throughput"] for r in results],
-                         "compile_s": min(r["compile_s"] for r in results),
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
-        summary[impl].update({k: max(r[k] for r in results) for k in (  # the least disturbed peak
-            "peak_flops", "peak_flops_float32", "peak_flops_bfloat16") if k in first})
-        if "version" in first:
-            summary[impl]["version"] = first["version"]
+    for impl in impls:
+        records = [r["results"][impl] for r in basis if impl in r["results"]]
+        summary[impl] = impl_summary(config, records) if records else {}
+        summary[impl]["round_throughputs"] = [r["results"][impl]["throughput"]
+                                              if impl in r["results"] else None for r in rounds]
     out = {"config": name, "unit": unit(config), "flops_per_step": train_flops(config),
-           "results": summary, "unavailable": unavailable, "load_avg": os.getloadavg()[0],
-           "malloc": malloc_name()}
-    if "mmjax" in summary and "peak_flops" in summary["mmjax"]:
+           "results": summary, "unavailable": unavailable, "load_avg": load_avg(),
+           "malloc": malloc_name(), "max_load": max_load, "rounds_total": len(rounds),
+           "rounds_used": len(used),
+           "rounds": [{"round": r["round"], "load_avg_start": r["load_avg_start"],
+                       "loaded": r["loaded"], "order": list(r["results"]),
+                       "run_load_avg_start": {k: v.get("load_avg_start")
+                                              for k, v in r["results"].items()}} for r in rounds]}
+    if "peak_flops" in summary.get("mmjax", {}):
         achieved = out["flops_per_step"] / summary["mmjax"]["step_time_s"]
         summary["mmjax"]["mfu"] = achieved / summary["mmjax"]["peak_flops"]
-    peers = {k: v["throughput"] for k, v in summary.items() if k != "mmjax"}
-    if "mmjax" in summary and peers:
-        mine = summary["mmjax"]["throughput"]
-        out["ratios"] = {k: mine / v for k, v in peers.items()}
-        out["fastest_peer"] = max(peers, key=peers.get)
-        out["ratio_vs_fastest_peer"] = mine / peers[out["fastest_peer"]]
-        # Ratios within each round (runs next to each other in time), robust to load that
-        # changes between rounds: the median of them per peer.
-        out["round_ratios"] = {k: statistics.median(a["throughput"] / b["throughput"]
-                                                    for a, b in zip(runs["mmjax"], runs[k]))
-                               for k in peers}
+    out.update(compare(summary, used, max_load))
     return out
 
 
@@ -189,7 +255,13 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steady-state steps (>= 7)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     p.add_argument("--peers", action="store_true", help="also run the installed peers, alternating")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs with --peers")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs with --peers (>= 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="allow --rounds below 3 (smoke runs, not measurements)")
+    p.add_argument("--max-load", type=float, default=1.0,
+                   help="rounds starting above this 1-minute load average are left out of the ratios")
+    p.add_argument("--settle-s", type=float, default=90.0,
+                   help="seconds to wait before each round for the load average to reach --max-load")
     p.add_argument("--impl", default="mmjax", help="run one implementation here (used by --peers)")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     p.add_argument("--peak-n", type=int, help="matmul size for the peak (default 2048 on CPU, else 8192)")
@@ -201,7 +273,20 @@ def parse_args(argv=None):
     if bad:
         p.error(f"unknown arguments {bad}; config overrides look like --config.train.batch_size=8")
     args.overrides = overrides
+    problem = check_rounds(args.rounds, args.quick) if args.peers else None
+    if problem:
+        p.error(problem)
     return args
+
+
+def check_rounds(rounds, quick):
+    """Why `rounds` alternating rounds are refused (None when they are not)."""
+    if rounds < 1:
+        return f"--rounds {rounds}: at least 1"
+    if rounds < 3 and not quick:
+        return (f"--rounds {rounds}: --peers reports medians and per-round ratios over at least 3 "
+                "alternating rounds; add --quick for a smoke run with fewer")
+    return None
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import train_step, workload  # noqa: E402
+from benchmarks import peers, train_step, workload  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding  # noqa: E402
 from mmjax.train.setup import setup  # noqa: E402
@@ -76,10 +76,15 @@ def test_flops_formula_matches_the_matmuls_of_the_step(name, task, scan):
 
 
 def test_mlm_formula_by_hand_for_one_layer():
-    config = load("bench_mlm_s", ["--config.model.text.depth=1"])
     b, n, e, f, v, m = 8, 16, 32, 64, 1200, 3
-    forward = 2 * b * n * (4 * e * e + 2 * e * f) + 4 * b * n * n * e + 2 * b * m * (e * e + e * v)
-    assert workload.train_flops(config) == 3 * forward
+    head = 2 * b * m * (e * e + e * v)
+    full = load("bench_mlm_s", ["--config.model.text.depth=1", "--config.model.prune_last_layer=False"])
+    forward = 2 * b * n * (4 * e * e + 2 * e * f) + 4 * b * n * n * e + head
+    assert workload.train_flops(full) == 3 * forward
+    # Pruned (the default): k and v at all n rows; q, output projection, MLP and scores at the m slots.
+    pruned = load("bench_mlm_s", ["--config.model.text.depth=1"])
+    forward = 2 * b * n * 2 * e * e + 2 * b * m * (2 * e * e + 2 * e * f) + 4 * b * m * n * e + head
+    assert workload.train_flops(pruned) == 3 * forward
 
 
 @pytest.mark.parametrize("name", ["bench_mlm_s", "bench_clip_s"])
@@ -96,14 +101,108 @@ def test_harness_prints_one_json_line_with_the_keys(name):
     assert record["flops_per_step"] == workload.train_flops(load(name))
 
 
+def record(throughput, load=0.5, **extra):
+    """A fabricated run record (one implementation, one round) at batch 8."""
+    return {"step_time_s": 8 / throughput, "throughput": throughput, "compile_s": 1.0,
+            "peak_rss_mb": 9.0, "load_avg_start": load, **extra}
+
+
+def fabricated_rounds(loads, throughputs):
+    """Rounds with the given start loads; throughputs: {impl: [per round]}."""
+    return [{"round": i, "load_avg_start": load,
+             "results": {k: record(v[i]) for k, v in throughputs.items() if v[i] is not None}}
+            for i, load in enumerate(loads)]
+
+
 def test_peer_summary_reports_ratios_and_missing_peers():
     config = load("bench_mlm_s")
-    runs = {"mmjax": [{"step_time_s": 1.0, "throughput": 128.0, "compile_s": 2.0, "peak_rss_mb": 9.0,
-                       "peak_flops": 1e9}],
-            "hf_torch": [{"step_time_s": 4.0, "throughput": 32.0, "compile_s": 0.5, "peak_rss_mb": 9.0}],
-            "hf_flax": []}
-    out = train_step.summarize(config, "bench_mlm_s", runs, {"hf_flax": "ImportError: no flax"})
+    rounds = fabricated_rounds([0.2], {"mmjax": [128.0], "hf_torch": [32.0]})
+    rounds[0]["results"]["mmjax"]["peak_flops"] = 1e9
+    out = train_step.summarize(config, "bench_mlm_s", rounds, {"hf_flax": "ImportError: no flax"})
     assert out["ratios"] == {"hf_torch": 4.0} and out["results"]["mmjax"]["mfu"] == pytest.approx(
-        workload.train_flops(config) / 1e9)
-    assert out["round_ratios"] == {"hf_torch": 4.0}
+        workload.train_flops(config) / (8 / 128.0) / 1e9)
+    assert out["round_ratios"] == {"hf_torch": [4.0]}
     assert out["fastest_peer"] == "hf_torch" and out["unavailable"] == {"hf_flax": "ImportError: no flax"}
+
+
+def test_per_round_ratios_medians_and_the_fastest_peer():
+    config = load("bench_clip_s")  # batch 8
+    rounds = fabricated_rounds([0.1, 0.2, 0.3], {"mmjax": [100.0, 90.0, 110.0],
+                                                 "open_clip": [50.0, 60.0, 40.0],
+                                                 "big_vision": [80.0, 100.0, 88.0]})
+    out = train_step.summarize(config, "bench_clip_s", rounds, {})
+    assert out["rounds_used"] == out["rounds_total"] == 3
+    assert out["results"]["mmjax"]["throughput"] == pytest.approx(100.0)
+    assert out["results"]["open_clip"]["round_throughputs"] == [50.0, 60.0, 40.0]
+    assert out["round_ratios"]["open_clip"] == pytest.approx([2.0, 1.5, 2.75])
+    assert out["round_ratios"]["big_vision"] == pytest.approx([1.25, 0.9, 1.25])
+    assert out["fastest_peer"] == "big_vision"  # median 88 against open_clip's 50
+    assert out["ratio_vs_fastest_peer"] == pytest.approx(100.0 / 88.0)
+    assert out["round_ratios_vs_fastest_peer"] == out["round_ratios"]["big_vision"]
+
+
+def test_loaded_rounds_are_left_out_of_the_ratios():
+    config = load("bench_clip_s")
+    rounds = fabricated_rounds([0.4, 2.5, 0.9], {"mmjax": [100.0, 20.0, 120.0],
+                                                 "open_clip": [50.0, 50.0, None]})
+    out = train_step.summarize(config, "bench_clip_s", rounds, {}, max_load=1.0)
+    assert [r["loaded"] for r in out["rounds"]] == [False, True, False]
+    assert out["rounds_used"] == 2 and out["rounds"][1]["load_avg_start"] == 2.5
+    assert out["results"]["mmjax"]["throughput"] == pytest.approx(8 / ((8 / 100 + 8 / 120) / 2))
+    assert out["round_ratios"] == {"open_clip": [2.0]}  # round 2 has no open_clip run
+    assert out["results"]["mmjax"]["round_throughputs"] == [100.0, 20.0, 120.0]
+    assert out["results"]["open_clip"]["round_throughputs"] == [50.0, 50.0, None]
+
+
+def test_an_implementation_that_ran_only_in_loaded_rounds_has_no_median():
+    config = load("bench_clip_s")
+    rounds = fabricated_rounds([0.4, 2.5, 0.5], {"mmjax": [100.0, 20.0, 120.0],
+                                                 "open_clip": [50.0, 45.0, 60.0],
+                                                 "big_vision": [None, 200.0, None]})
+    out = train_step.summarize(config, "bench_clip_s", rounds, {}, max_load=1.0)
+    assert out["results"]["big_vision"] == {"round_throughputs": [None, 200.0, None]}
+    assert out["fastest_peer"] == "open_clip" and set(out["round_ratios"]) == {"open_clip"}
+
+
+def test_no_ratio_when_every_round_was_loaded():
+    config = load("bench_clip_s")
+    rounds = fabricated_rounds([1.5, 3.0, 1.2], {"mmjax": [100.0] * 3, "open_clip": [50.0] * 3})
+    out = train_step.summarize(config, "bench_clip_s", rounds, {}, max_load=1.0)
+    assert out["rounds_used"] == 0 and out["ratio_vs_fastest_peer"] is None
+    assert "load average" in out["ratio_reason"] and out["ratios"] is None
+    assert out["results"]["mmjax"]["throughput"] == pytest.approx(100.0)  # medians still shown
+
+
+def test_fewer_than_three_rounds_are_refused_unless_quick():
+    config = "configs/bench_clip_s.py"
+    with pytest.raises(SystemExit):
+        train_step.parse_args([config, "--peers", "--rounds", "2"])
+    with pytest.raises(SystemExit):
+        train_step.parse_args([config, "--peers", "--rounds", "0", "--quick"])
+    assert "--quick" in train_step.check_rounds(1, quick=False)
+    assert train_step.parse_args([config, "--peers", "--rounds", "1", "--quick"]).rounds == 1
+    assert train_step.parse_args([config, "--peers"]).rounds == 3
+
+
+def test_big_vision_peer_is_unavailable_without_a_checkout(monkeypatch):
+    monkeypatch.delenv("BIG_VISION_DIR", raising=False)
+    out = peers.run("big_vision", load("bench_clip_s"), "bench_clip_s", steps=1, warmup=0)
+    assert out["available"] is False and "BIG_VISION_DIR" in out["reason"]
+    monkeypatch.setenv("BIG_VISION_DIR", ROOT)  # a directory that is not a big_vision checkout
+    out = peers.run("big_vision", load("bench_clip_s"), "bench_clip_s", steps=1, warmup=0)
+    assert out["available"] is False and "not a big_vision checkout" in out["reason"]
+
+
+@pytest.mark.skipif(not os.environ.get("BIG_VISION_DIR"),
+                    reason="peer not installed: BIG_VISION_DIR does not name a big_vision checkout")
+def test_big_vision_peer_matches_the_shapes_and_runs_a_step():
+    from benchmarks import big_vision_peer
+    config = load("bench_clip_s")
+    model = big_vision_peer.import_two_towers().Model(**big_vision_peer.model_kwargs(config))
+    batch = workload.synthetic_batches(config, 1)[0]
+    params = big_vision_peer.init_params(model, batch)
+    run = setup(config, tokenizer=workload.stand_in_tokenizer(config), devices=jax.devices()[:1])
+    mine = sum(x.size for x in jax.tree.leaves(run.abstract_state.params))
+    assert sum(x.size for x in jax.tree.leaves(params)) == pytest.approx(mine, rel=0.03)
+    out = peers.run("big_vision", config, "bench_clip_s", steps=1, warmup=1)
+    assert out["throughput"] > 0 and out["version"].startswith("big_vision")
