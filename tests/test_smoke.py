@@ -75,6 +75,19 @@ def test_default_smoke_clip_reaches_the_zero_shot_bar(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+def test_two_processes_on_a_3d_mesh_reach_the_smoke_bar_as_one_does(tmp_path, data_dir):
+    """`launch/local_multiprocess.sh 2 4 train`: the default smoke CLIP on 2 hosts x 4 devices,
+    laid out data=2 x fsdp=2 x tensor=2, reaches the bar the one-process run reaches."""
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, MMJAX_LOG_DIR=str(tmp_path))
+    subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "4", "train", "--workdir", workdir,
+                    "--data_dir", data_dir, "--config.mesh.fsdp=2", "--config.mesh.tensor=2"],
+                   cwd=ROOT, env=env, check=True, timeout=2400)
+    final = _final_eval(workdir)
+    assert final["step"] == 500 and final["eval/zeroshot/top1"] >= 0.85, final
+
+
+@pytest.mark.slow
 def test_smoke_mlm_beats_twice_the_most_frequent_token(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_mlm.py")
