@@ -14,8 +14,8 @@ rows = 512k tokens a step, 64 rows per chip on 16 v4 chips (32 GiB HBM each), FS
 bfloat16 compute, AdamW(2e-4, wd 0.01, b2 0.98), 200k steps.
 
 `mmjax compile` on v4-32 (jax 0.10.2, libtpu 0.0.42.1): peak 16.1 GiB per chip of 32 GiB
-HBM, fits (train state 0.08 GiB a chip); 3.09e+14 FLOPs a step, so a step takes at least 70
-ms at 100% MFU, 175 ms at 40% MFU (about 5.8k rows, 3.0M tokens a second).
+HBM, fits (train state 0.08 GiB a chip); 2.91e+14 FLOPs a step, so a step takes at least 66
+ms at 100% MFU, 165 ms at 40% MFU (about 6.2k rows, 3.2M tokens a second).
 """
 
 from mmjax.config import defaults

@@ -5,7 +5,8 @@ Build the image-text pairs once (img2dataset's webdataset shards; images kept at
   mmjax data build '/data/laion/{00000..09999}.tar' --name laion_subset --max_side 256
   mmjax data build /data/ILSVRC2012_img_val.tar --name imagenet --kind imagenet   # zero-shot
 
-Check that it fits, then train (on every host of the slice; launch/tpu_vm.sh does both):
+Check that it fits (on any machine: launch/install.sh compile), then train on every host of
+the slice (launch/tpu_vm.sh run ... -- train ...):
 
   mmjax compile --config configs/recipe_clip_b16_32k.py --topology v5p-256
   mmjax train --config configs/recipe_clip_b16_32k.py
@@ -16,9 +17,9 @@ compute with float32 parameters, AdamW(5e-4, wd 0.2, b2 0.98), 100k steps (3.3B 
 seen). Mesh: FSDP over all 128 chips (params and optimizer state sharded 128 ways), 256
 pairs per chip.
 
-`mmjax compile` on v5p-256 (jax 0.10.2, libtpu 0.0.42.1): peak 49.6 GiB per chip of 95 GiB
-HBM, fits (train state 0.01 GiB a chip); 4.04e+15 FLOPs a step, so a step takes at least 69
-ms at 100% MFU, 172 ms at 40% MFU (about 190k pairs/s).
+`mmjax compile` on v5p-256 (jax 0.10.2, libtpu 0.0.42.1): peak 46.7 GiB per chip of 95 GiB
+HBM, fits (train state 0.01 GiB a chip); 3.76e+15 FLOPs a step, so a step takes at least 64
+ms at 100% MFU, 160 ms at 40% MFU (about 205k pairs/s).
 """
 
 from mmjax.config import defaults

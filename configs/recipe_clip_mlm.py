@@ -13,8 +13,8 @@ ViT-B/16 at 224 px; text tower BERT-base (12 layers, 768 wide, 64 tokens, WordPi
 128 v4 chips (32 GiB HBM each), FSDP, bfloat16 compute, dots rematerialisation.
 
 `mmjax compile` on v4-256 (jax 0.10.2, libtpu 0.0.42.1): peak 11.6 GiB per chip of 32 GiB
-HBM, fits (train state 0.02 GiB a chip); 2.83e+15 FLOPs a step, so a step takes at least 80
-ms at 100% MFU, 201 ms at 40% MFU (about 81k pairs/s).
+HBM, fits (train state 0.02 GiB a chip); 2.64e+15 FLOPs a step, so a step takes at least 75
+ms at 100% MFU, 188 ms at 40% MFU (about 87k pairs/s).
 """
 
 from mmjax.configs import recipe_clip_b16_32k

@@ -278,6 +278,9 @@ def fit(compiled, error, abstract_state, hbm_bytes):
     error names."""
     figures = dict(hbm_bytes=hbm_bytes, state_bytes_per_device=state_bytes_per_device(abstract_state))
     if compiled is None:
+        usable = re.search(r"available HBM \(([\d.]+)([KMGT]?)", error)
+        if usable:
+            figures["hbm_usable_bytes"] = int(float(usable.group(1)) * _UNITS[usable.group(2)])
         return dict(figures, peak_bytes_per_device=bytes_from_error(error), fits=False,
                     error=error.strip().splitlines()[0][:300])
     figures.update(memory_figures(compiled))
@@ -314,7 +317,9 @@ def summary(r, topo):
     lines.append(f"train state (params + optimizer): {_gib(r['state_bytes_per_device'])} per device{share}")
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     needs = "needs at least" if "error" in r else "peak"
-    lines.append(f"{needs} {_gib(peak)} per device of {_gib(r['hbm_bytes'])} HBM ({topo.generation}): {verdict}")
+    usable = f" ({_gib(r['hbm_usable_bytes'])} usable)" if "hbm_usable_bytes" in r else ""
+    lines.append(f"{needs} {_gib(peak)} per device of {_gib(r['hbm_bytes'])} HBM{usable} "
+                 f"({topo.generation}): {verdict}")
     if r["flops_per_step"]:
         lines.append(f"FLOPs per step (analytical, mmjax/flops.py): {r['flops_per_step']:.3e}; step time "
                      f">= {r['step_time_bound_s'] * 1e3:.1f} ms at 100% MFU, "
