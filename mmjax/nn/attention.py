@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn.init import logical, normal_init
+from mmjax.nn.linear import linear
 
 
 def take_rows(x, positions):
@@ -89,10 +90,10 @@ class Attention(nn.Module):
             w = param("qkv_kernel", (width, 3, h, d), ("embed", None, "heads", "kv"))
             b = param("qkv_bias", (3, h, d), (None, "heads", "kv"), zeros)
             if select is None:
-                q, k, v = jnp.einsum("ble,ethd->tblhd", x, w) + b[:, None, None]
+                q, k, v = jnp.moveaxis(linear(x, w) + b, 2, 0)              # [b, l, 3, h, d]
             else:
                 q = jnp.einsum("bne,ehd->bnhd", take_rows(x, select), w[:, 0]) + b[0]
-                k, v = jnp.einsum("ble,ethd->tblhd", x, w[:, 1:]) + b[1:, None, None]
+                k, v = jnp.moveaxis(linear(x, w[:, 1:]) + b[1:], 2, 0)
         else:
             q, k, v = (
                 jnp.einsum("ble,ehd->blhd", take_rows(x, select) if n == "q" else x,
@@ -103,4 +104,4 @@ class Attention(nn.Module):
                                   q_positions=select, backend=self.backend)
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"))
         b_out = param("out_bias", (width,), ("embed",), zeros)
-        return jnp.einsum("blhd,hde->ble", y, w_out) + b_out
+        return linear(y.reshape(y.shape[:2] + (h * d,)), w_out.reshape(h * d, width)) + b_out

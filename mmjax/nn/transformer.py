@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.attention import Attention, take_rows
 from mmjax.nn.init import logical, normal_init
+from mmjax.nn.linear import dot_general
 from mmjax.nn.options import EncoderOptions
 
 ACTIVATIONS = {
@@ -29,7 +30,7 @@ def layer_norm(eps, dtype, param_dtype, name=None):
 
 
 def dense(features, names, dtype, param_dtype, name, stddev):
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name, dot_general=dot_general,
                     kernel_init=logical(normal_init(stddev), names),
                     bias_init=logical(nn.initializers.zeros, names[-1:]))
 
