@@ -63,6 +63,13 @@ def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, q_positio
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def split(qkv):
+    """[b, l, t, h, d] -> t arrays [b, l, h, d]. `jnp.split`, whose gradient is one
+    concatenate into [b, l, t, h, d]; indexing or moving t to the front makes it t zero-padded
+    copies of the whole, summed, then transposed back (on CPU, ~5% of the CLIP-S step)."""
+    return [part[:, :, 0] for part in jnp.split(qkv, qkv.shape[2], axis=2)]
+
+
 class Attention(nn.Module):
     """Self-attention with fused (or separate) q/k/v projections and an output projection.
 
@@ -90,10 +97,10 @@ class Attention(nn.Module):
             w = param("qkv_kernel", (width, 3, h, d), ("embed", None, "heads", "kv"))
             b = param("qkv_bias", (3, h, d), (None, "heads", "kv"), zeros)
             if select is None:
-                q, k, v = jnp.moveaxis(linear(x, w) + b, 2, 0)              # [b, l, 3, h, d]
+                q, k, v = split(linear(x, w) + b)                           # [b, l, 3, h, d]
             else:
                 q = jnp.einsum("bne,ehd->bnhd", take_rows(x, select), w[:, 0]) + b[0]
-                k, v = jnp.moveaxis(linear(x, w[:, 1:]) + b[1:], 2, 0)
+                k, v = split(linear(x, w[:, 1:]) + b[1:])
         else:
             q, k, v = (
                 jnp.einsum("ble,ehd->blhd", take_rows(x, select) if n == "q" else x,
