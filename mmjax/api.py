@@ -14,13 +14,12 @@ the default device (CPU, GPU or TPU). MLM models have `fill_mask(text)` instead.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from mmjax import tasks
+from mmjax import paths, tasks
 from mmjax.data import images as image_ops
 from mmjax.data.builders import DEFAULT_DATA_DIR
 from mmjax.data.pipeline import parse_mixture
@@ -32,9 +31,9 @@ def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
     """The model of a workdir (its newest checkpoint, or `step`) or of a params export.
     `data_dir` holds a trained WordPiece vocabulary (the one the run used)."""
     from mmjax import export  # Lazy: orbax.
-    if os.path.isdir(os.path.join(path, "checkpoints")):
+    if (paths.resolve(path) / "checkpoints").is_dir():
         config, _, params = export.read_checkpoint(path, step)
-    elif os.path.isdir(os.path.join(path, export.PARAMS_DIR)):
+    elif (paths.resolve(path) / export.PARAMS_DIR).is_dir():
         config, params = export.load_params(path)
     else:
         raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/) nor an "

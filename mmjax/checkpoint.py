@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -11,8 +10,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
+
+from mmjax import paths
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Checkpointer:
 
     def __init__(self, directory, config, *, keep=3, keep_period=0, async_save=True,
                  read_only=False):
-        self.directory = epath.Path(os.path.abspath(directory))  # orbax needs it absolute
+        self.directory = paths.resolve(directory)  # local: made absolute (orbax needs it); gs://: as is
         self.config_json = json.loads(config.to_json())
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(

@@ -9,6 +9,7 @@ from mmjax import config as config_lib
 from mmjax.checkpoint import CheckpointError
 from mmjax.convert import FORMATS
 from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
+from mmjax.paths import MissingFilesystem
 from mmjax.sharding import MeshError
 from mmjax.train import BadData, TrainingDiverged
 
@@ -125,7 +126,7 @@ def _data(args):
                               overwrite=args.overwrite, workers=args.workers,
                               max_bad_fraction=args.max_bad_fraction, labels=args.labels,
                               images=args.images, **columns)
-    except (build.BuildError, OSError) as e:
+    except (build.BuildError, OSError, MissingFilesystem) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, sort_keys=True))
@@ -199,8 +200,9 @@ def main(argv=None):
             if overrides:
                 raise config_lib.ConfigError("eval takes the config saved in WORKDIR; drop the --config.* flags")
             workdir = args.workdir
-            path = os.path.join(workdir, "config.json")
-            if not os.path.isfile(path):
+            from mmjax import paths
+            path = paths.join(workdir, "config.json")
+            if not paths.resolve(path).is_file():
                 raise FileNotFoundError(f"{path} not found: --workdir must be a directory that "
                                         f"`mmjax train` wrote")
             config = config_lib.from_json(path)
@@ -219,7 +221,7 @@ def main(argv=None):
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
     except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
-            PermissionError, TrainingDiverged, BadData) as e:
+            PermissionError, TrainingDiverged, BadData, MissingFilesystem) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

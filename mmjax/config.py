@@ -167,8 +167,8 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 
 def from_json(path: str) -> ml_collections.ConfigDict:
     """The config a run saved as config.json."""
-    with open(path) as f:
-        return from_dict(json.load(f))
+    from mmjax import paths  # Lazy: etils
+    return from_dict(json.loads(paths.resolve(path).read_text()))
 
 
 def defaults() -> ml_collections.ConfigDict:

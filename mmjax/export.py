@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mmjax import config as config_lib
+from mmjax import paths
 from mmjax import tasks
 from mmjax.convert import FORMATS, hf_bert, layout, open_clip
 
@@ -45,8 +46,8 @@ def abstract_params(config):
 def read_checkpoint(workdir, step=None):
     """(config, step, params as numpy) of WORKDIR's checkpoint `step` (default: the newest),
     with the config that checkpoint was written with."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = paths.resolve(workdir) / "checkpoints"
+    if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: --workdir must be a directory that `mmjax train` wrote")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                     item_names=("state", "data", "config"))
@@ -69,19 +70,16 @@ def read_checkpoint(workdir, step=None):
 
 def save_params(out, config, params):
     """OUT/config.json + OUT/params (an orbax checkpoint of the params tree)."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, CONFIG_FILE), "w") as f:
-        f.write(config.to_json(indent=2))
+    paths.write_text(paths.join(out, CONFIG_FILE), config.to_json(indent=2))
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(os.path.abspath(out), PARAMS_DIR), params)
+    checkpointer.save(paths.resolve(out) / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
 
 
 def load_params(src):
     """(config, params as numpy, in the dtype they were saved with) of a `params` export."""
-    with open(os.path.join(src, CONFIG_FILE)) as f:
-        config = config_lib.from_dict(json.load(f))
-    path = os.path.join(os.path.abspath(src), PARAMS_DIR)
+    config = config_lib.from_dict(json.loads((paths.resolve(src) / CONFIG_FILE).read_text()))
+    path = paths.resolve(src) / PARAMS_DIR
     checkpointer = ocp.StandardCheckpointer()
     saved = checkpointer.metadata(path).item_metadata.tree
     # ShapeDtypeStructs without shardings restore as numpy arrays on the host.
@@ -192,8 +190,8 @@ def write_workdir(config, params, workdir, data_dir, note=("", "")):
     from mmjax.train.setup import setup
     from mmjax.train.state import TrainState
 
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if os.path.isdir(directory) and os.listdir(directory):
+    directory = paths.resolve(workdir) / "checkpoints"
+    if directory.is_dir() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; import into a new --workdir")
     run = setup(config, data_dir=data_dir, check_batch=False)
     shardings = run.state_shardings
@@ -212,11 +210,10 @@ def write_workdir(config, params, workdir, data_dir, note=("", "")):
     checkpointer.wait()
     checkpointer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json(indent=2))
+        paths.write_text(paths.join(workdir, CONFIG_FILE), config.to_json(indent=2))
         body = textwrap.indent(pprint.pformat(config.to_dict(), width=92, sort_dicts=False), " " * 8)
-        with open(os.path.join(workdir, "config.py"), "w") as f:
-            f.write(CONFIG_PY.format(fmt=note[0], src=note[1], workdir=workdir, body=body))
+        paths.write_text(paths.join(workdir, "config.py"),
+                         CONFIG_PY.format(fmt=note[0], src=note[1], workdir=workdir, body=body))
 
 
 def import_weights(fmt, src, workdir, data_dir, base_config=None, overrides=()):

@@ -1,11 +1,12 @@
 """Metric writers: metrics.jsonl, TensorBoard events, and a console progress bar."""
 
 import json
-import os
 import time
 
 import numpy as np
 import tqdm
+
+from mmjax import paths
 
 
 class MetricWriter:
@@ -20,12 +21,9 @@ class MetricWriter:
         self.enabled = enabled
         self.jsonl = self.tensorboard = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
-            drop_records_after(path, start_step)
-            self.jsonl = open(path, "a")
-            from tensorboardX import SummaryWriter
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.jsonl = JsonlFile(paths.resolve(workdir) / "metrics.jsonl", start_step)
+            from tensorboardX import SummaryWriter  # writes gs:// itself (google-cloud-storage)
+            self.tensorboard = SummaryWriter(paths.join(workdir, "tensorboard"))
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
                              dynamic_ncols=True, unit="step")
 
@@ -33,11 +31,16 @@ class MetricWriter:
         record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         if self.enabled:
             self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
             for key, value in record.items():
                 if key != "step":
                     self.tensorboard.add_scalar(key, value, step)
         return record
+
+    def flush(self):
+        """Makes what was written durable (the loop calls it at each checkpoint save)."""
+        if self.enabled:
+            self.jsonl.flush()
+            self.tensorboard.flush()
 
     def progress(self, step, loss, examples_per_s):
         self.bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{examples_per_s:.0f}", refresh=False)
@@ -50,18 +53,50 @@ class MetricWriter:
     def close(self):
         self.bar.close()
         if self.enabled:
-            self.jsonl.close()
+            self.jsonl.flush()
             self.tensorboard.close()
 
 
-def drop_records_after(path, step):
-    """Rewrites a JSONL file without the records of steps after `step` and without a torn
-    last line (a run killed mid-write); leaves it untouched when there is nothing to drop."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
+class JsonlFile:
+    """metrics.jsonl without the records of steps after `start_step` (a run that died after
+    its last checkpoint wrote them; the resumed run writes them again) or a torn last line.
+
+    On local disk it is appended to and flushed line by line. An object in a bucket cannot
+    be appended to: the lines are kept and the whole file is uploaded (one atomic write) at
+    most every `upload_every_s` seconds, at `flush()` (each checkpoint save) and at the end,
+    so a kill loses at most the lines after the last checkpoint, which the resumed run
+    writes again."""
+
+    def __init__(self, path, start_step=0, upload_every_s=60.0):
+        self.path, self.remote = path, paths.is_remote(path)
+        self.upload_every_s, self.uploaded = upload_every_s, time.monotonic()
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        self.lines = kept_records(lines, start_step)
+        if len(self.lines) < len(lines):
+            paths.write_text(path, "".join(self.lines))
+        if not self.remote:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file, self.lines = open(path, "a"), None
+
+    def write(self, line):
+        if not self.remote:
+            self.file.write(line)
+            self.file.flush()
+            return
+        self.lines.append(line)
+        if time.monotonic() - self.uploaded > self.upload_every_s:
+            self.flush()
+
+    def flush(self):
+        if self.remote:
+            paths.write_text(self.path, "".join(self.lines))
+            self.uploaded = time.monotonic()
+        else:
+            self.file.flush()
+
+
+def kept_records(lines, step):
+    """The complete JSON lines of steps up to `step`."""
     keep = []
     for line in lines:
         try:
@@ -70,10 +105,18 @@ def drop_records_after(path, step):
             continue
         if line.endswith("\n") and record.get("step", 0) <= step:
             keep.append(line)
-    if len(keep) < len(lines):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(path + ".tmp", path)
+    return keep
+
+
+def drop_records_after(path, step):
+    """Rewrites a JSONL file without the records of steps after `step` and without a torn
+    last line; leaves it untouched when there is nothing to drop."""
+    path = paths.resolve(path)
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        keep = kept_records(lines, step)
+        if len(keep) < len(lines):
+            paths.write_text(path, "".join(keep))
 
 
 class Throughput:

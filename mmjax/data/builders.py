@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from mmjax import paths
+
 DEFAULT_DATA_DIR = '~/.cache/mmjax'
 FILE_FORMAT = 'array_record'
 DIGIT_TEST_PER_CLASS = 100   # Of the 500 digits of each class, the last 100 are held out.
@@ -188,8 +190,8 @@ BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose, 'play_genres': Play
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    """Absolute path of `data_dir` (None -> DEFAULT_DATA_DIR), `~` expanded."""
-    return os.path.abspath(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)))
+    """Absolute path of `data_dir` (None -> DEFAULT_DATA_DIR), `~` expanded; a URI as given."""
+    return os.fspath(paths.resolve(data_dir or DEFAULT_DATA_DIR))
 
 
 def _ensure_writable(path: str, what: str) -> None:
@@ -210,6 +212,8 @@ def prepare(name: str, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR
     if name not in BUILDERS:
         raise ValueError(f'Unknown dataset {name!r}; valid choices: {", ".join(BUILDERS)}')
     path = resolve_data_dir(data_dir)
+    if paths.is_remote(path):
+        return _prepare_in_bucket(name, path)
     builder = BUILDERS[name](data_dir=path, file_format=FILE_FORMAT)
     if builder.data_path.exists():  # tfds renames a finished build into place.
         return builder
@@ -223,6 +227,20 @@ def prepare(name: str, data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR
         builder = BUILDERS[name](data_dir=path, file_format=FILE_FORMAT)
         if not builder.data_path.exists():
             raise
+    return builder
+
+
+def _prepare_in_bucket(name: str, uri: str) -> tfds.core.DatasetBuilder:
+    """A built-in dataset in a bucket: built on local disk once, then uploaded with its
+    dataset_info.json last (tfds' rename-into-place has no atomic equivalent in a bucket;
+    that file's presence marks a finished upload)."""
+    builder = BUILDERS[name](data_dir=uri, file_format=FILE_FORMAT)
+    if not (builder.data_path / 'dataset_info.json').exists():
+        with tempfile.TemporaryDirectory(prefix='mmjax_build_') as local:
+            folder, version = os.path.split(os.path.relpath(os.fspath(prepare(name, local).data_path), local))
+            paths.upload_tree(os.path.join(local, folder), paths.join(uri, folder),
+                              last=os.path.join(version, 'dataset_info.json'))
+        builder = BUILDERS[name](data_dir=uri, file_format=FILE_FORMAT)
     return builder
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
+from mmjax import paths
 from mmjax.config import ConfigError
 from mmjax.data import transforms
 from mmjax.registry import Registry
@@ -80,8 +81,9 @@ def get(name: str, data_dir=None) -> Dataset:
 def missing_message(name, data_dir) -> str:
     from mmjax.data import builders
     root = builders.resolve_data_dir(data_dir)
-    there = sorted(d for d in (os.listdir(root) if os.path.isdir(root) else ())
-                   if tfds_folder(root, d))
+    folder = paths.resolve(root)
+    there = sorted(d.name for d in (folder.iterdir() if folder.is_dir() else ())
+                   if tfds_folder(root, d.name))
     return (f"dataset {name!r} is neither built in (valid: {', '.join(DATASETS.names())}) nor in "
             f"data_dir {root} (which holds {', '.join(there) or 'no datasets'}); make it with "
             f"`mmjax data build SOURCE --name {name} --data_dir {root}`")
@@ -90,13 +92,12 @@ def missing_message(name, data_dir) -> str:
 def tfds_folder(data_dir, name) -> str | None:
     """`data_dir/name/VERSION` (the newest) holding a tfds dataset_info.json, else None."""
     from mmjax.data import builders
-    root = os.path.join(builders.resolve_data_dir(data_dir), name)
-    if not os.path.isdir(root) or name.startswith('.'):
+    root = paths.resolve(builders.resolve_data_dir(data_dir)) / name
+    if name.startswith('.') or not root.is_dir():
         return None
-    versions = [v for v in os.listdir(root)
-                if os.path.isfile(os.path.join(root, v, 'dataset_info.json'))]
+    versions = [v.name for v in root.iterdir() if (v / 'dataset_info.json').is_file()]
     key = lambda v: tuple(int(x) if x.isdigit() else -1 for x in v.split('.'))
-    return os.path.join(root, max(versions, key=key)) if versions else None
+    return os.fspath(root / max(versions, key=key)) if versions else None
 
 
 class InMemory:
@@ -189,10 +190,9 @@ def _display_names(path):
     """Readable class names that `mmjax data build` stored next to a dataset (ImageNet's
     label names are WordNet ids; its zero-shot prompts need words), else None."""
     import json
-    info = os.path.join(path, 'mmjax_build.json')
-    if os.path.exists(info):
-        with open(info) as f:
-            names = json.load(f).get('class_names')
+    info = paths.resolve(path) / 'mmjax_build.json'
+    if info.exists():
+        names = json.loads(info.read_text()).get('class_names')
         return tuple(names) if names else None
     return None
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from mmjax import paths
 
 CLIP_MERGES_FILE = 'bpe_simple_vocab_16e6.txt.gz'
 CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -144,19 +144,15 @@ class WordPieceTokenizer:
     @classmethod
     def from_vocab(cls, path: str) -> WordPieceTokenizer:
         """Loads a BERT `vocab.txt` (one token a line, id = line number)."""
-        with open(path, encoding='utf-8') as f:
-            tokens = [line.rstrip('\n') for line in f]
+        tokens = paths.resolve(path).read_text(encoding='utf-8').split('\n')
+        tokens = tokens[:-1] if tokens[-1] == '' else tokens  # the last line's newline
         return cls({t: i for i, t in enumerate(tokens)})
 
     def save_vocab(self, path: str) -> None:
         """Writes `vocab.txt` atomically, so concurrent readers never see half a file."""
         vocab = self._tok.get_vocab()
         tokens = sorted(vocab, key=vocab.get)
-        directory = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=directory, delete=False,
-                                         suffix='.tmp') as f:
-            f.write(''.join(t + '\n' for t in tokens))
-        os.replace(f.name, path)
+        paths.write_text(path, ''.join(t + '\n' for t in tokens))
 
     def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """int32 [n, max_length]: [CLS] tokens [SEP], then [PAD]."""
@@ -181,7 +177,7 @@ def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
     if name == 'clip_bpe':
         return ClipTokenizer()
     if name == 'wordpiece' and vocab_file:
-        if not os.path.isfile(vocab_file):
+        if not paths.resolve(vocab_file).is_file():
             raise FileNotFoundError(f'data.vocab_file={vocab_file!r} not found: give the path of '
                                     f'a BERT vocab.txt, or leave it empty to train one')
         return WordPieceTokenizer.from_vocab(vocab_file)
@@ -189,9 +185,9 @@ def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
         from mmjax.data import builders, sources  # Lazy: pulls in tensorflow_datasets.
         corpus = tuple(corpus)
         suffix = '' if corpus == ('prose',) else '_' + '+'.join(corpus)
-        path = os.path.join(builders.resolve_data_dir(data_dir),
-                            f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}{suffix}.txt')
-        if not os.path.exists(path):
+        path = paths.join(builders.resolve_data_dir(data_dir),
+                          f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}{suffix}.txt')
+        if not paths.resolve(path).exists():
             texts = [t for n in corpus for t in sources.get(n, data_dir).texts(data_dir, 'train')]
             WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
         return WordPieceTokenizer.from_vocab(path)

@@ -8,10 +8,11 @@ WORKDIR/best.json records the step, the value and the count since; a resumed run
 """
 
 import json
-import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from mmjax import paths
 
 BEST_DIR, BEST_FILE = "best", "best.json"
 
@@ -26,12 +27,11 @@ class EarlyStopping:
         self.metric, self.mode, self.patience = c.get("metric", ""), c.get("mode", "max"), c.get("patience", 0)
         if self.mode not in ("max", "min"):
             raise ValueError(f"train.early_stop.mode={self.mode!r}; valid: 'max', 'min'")
-        self.config, self.workdir = config, os.path.abspath(workdir)
+        self.config, self.workdir = config, paths.resolve(workdir)
         self.history = []
-        path = os.path.join(self.workdir, BEST_FILE)
-        if self.metric and os.path.exists(path):
-            with open(path) as f:
-                self.history = [h for h in json.load(f)["history"] if h[0] <= start]
+        path = self.workdir / BEST_FILE
+        if self.metric and path.exists():
+            self.history = [h for h in json.loads(path.read_text())["history"] if h[0] <= start]
         self.record = self._summarise()
 
     @property
@@ -61,20 +61,18 @@ class EarlyStopping:
         self.history.append([step, value])
         self.record = self._summarise()
         if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, BEST_FILE), "w") as f:
-                json.dump(self.record | {"metric": self.metric, "mode": self.mode,
-                                         "history": self.history}, f)
+            paths.write_text(self.workdir / BEST_FILE, json.dumps(
+                self.record | {"metric": self.metric, "mode": self.mode, "history": self.history}))
         return self.record["stopped"]
 
     def _save(self, params):
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(self.workdir, BEST_DIR, "params"), params, force=True)
+        checkpointer.save(self.workdir / BEST_DIR / "params", params, force=True)
         checkpointer.wait_until_finished()
         if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, BEST_DIR, "config.json"), "w") as f:
-                f.write(self.config.to_json(indent=2))
+            paths.write_text(self.workdir / BEST_DIR / "config.json", self.config.to_json(indent=2))
 
     def summary(self) -> str:
         r = self.record
         return (f"best {self.metric} {r['value']:.4f} at step {r['step']} (params in "
-                f"{os.path.join(self.workdir, BEST_DIR)})" if r["step"] is not None else "no best yet")
+                f"{self.workdir / BEST_DIR})" if r["step"] is not None else "no best yet")

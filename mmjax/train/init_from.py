@@ -13,7 +13,7 @@ import os
 import jax
 import numpy as np
 
-from mmjax import export
+from mmjax import export, paths
 from mmjax.config import ConfigError
 from mmjax.convert import layout
 from mmjax.param_groups import matches
@@ -25,9 +25,9 @@ class InitError(ConfigError):
 
 def read_source(source):
     """Canonical {name: numpy} of the params at `source` (newest checkpoint of a workdir)."""
-    if os.path.isdir(os.path.join(source, "checkpoints")):
+    if (paths.resolve(source) / "checkpoints").is_dir():
         _, _, params = export.read_checkpoint(source)
-    elif os.path.isdir(os.path.join(source, export.PARAMS_DIR)):
+    elif (paths.resolve(source) / export.PARAMS_DIR).is_dir():
         _, params = export.load_params(source)
     elif source.endswith(".safetensors") and os.path.isfile(source):
         _, params = export.load_safetensors(source)

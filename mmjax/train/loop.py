@@ -1,12 +1,12 @@
 """The one train loop: build or restore the sharded state, step, log, evaluate, checkpoint."""
 
 import math
-import os
 import time
 
 import jax
 
 from mmjax import eval as evaluators
+from mmjax import paths
 from mmjax.checkpoint import CheckpointError, Checkpointer, PreemptionNotice
 from mmjax.data import pipeline
 from mmjax.metrics import MetricWriter, Throughput
@@ -54,7 +54,7 @@ def train(config, workdir, data_dir, weights_only=False):
     `weights_only`: a checkpoint of another model config gives just its parameters."""
     run = setup(config, data_dir=data_dir)
     batches = pipeline.train_batches(run, data_dir, jax.process_index(), jax.process_count())
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config, keep=config.checkpoint.keep,
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config, keep=config.checkpoint.keep,
                         keep_period=config.checkpoint.keep_period)
     restored = ckpt.restore(run.abstract_state, weights_only=weights_only)
     if restored and not restored.params_only:
@@ -72,15 +72,13 @@ def train(config, workdir, data_dir, weights_only=False):
     if restored and restored.params_only:  # --load_weights_only, from another config's run
         state = state.replace(params=restored.state["params"])
         origin = "from the parameters of another config's checkpoint (now in checkpoints/earlier-*)"
-        metrics_file = os.path.join(workdir, "metrics.jsonl")
-        if jax.process_index() == 0 and os.path.exists(metrics_file):  # that run's, kept
-            os.replace(metrics_file, f"{metrics_file}.earlier-{time.strftime('%Y%m%d-%H%M%S')}")
+        metrics_file = paths.resolve(workdir) / "metrics.jsonl"
+        if jax.process_index() == 0 and metrics_file.exists():  # that run's, kept
+            metrics_file.rename(f"{metrics_file}.earlier-{time.strftime('%Y%m%d-%H%M%S')}")
     if restored and restored.changes:
         origin += "; changed since the checkpoint: " + "; ".join(restored.changes)
     if jax.process_index() == 0:  # only now: a refused restore leaves the run's config as it was
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        paths.write_text(paths.join(workdir, "config.json"), config.to_json(indent=2))
     writer = MetricWriter(workdir, config.train.steps, start, enabled=jax.process_index() == 0)
     writer.print(f"task {config.task}, mesh {dict(run.mesh.shape)} on {jax.device_count()} devices, "
                  f"{jax.process_count()} process(es); {origin}")
@@ -136,6 +134,7 @@ def train(config, workdir, data_dir, weights_only=False):
                 save = True
         if save:
             ckpt.save(step, state, data_state)
+            writer.flush()  # a bucket's metrics.jsonl is rewritten at saves: it holds every saved step
         if preempted:
             ckpt.wait()
             writer.print(f"preempted: saved step {step}; run the same command to resume")
@@ -161,7 +160,7 @@ def train(config, workdir, data_dir, weights_only=False):
 def evaluate_checkpoint(config, workdir, data_dir):
     """Evaluates the newest checkpoint in `workdir` (on this run's mesh) and returns metrics."""
     run = setup(config, data_dir=data_dir, check_batch=False)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config, read_only=True)
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config, read_only=True)
     restored = ckpt.restore(run.abstract_state, params_only=True)
     ckpt.close()
     if restored is None:

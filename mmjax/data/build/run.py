@@ -10,9 +10,11 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 
 from tqdm import tqdm
 
+from mmjax import paths
 from mmjax.data.build import (detect, imagefolder, imagenet, install, karpathy, store, table,
                               text, webdataset)
 from mmjax.data.build.parallel import processed
@@ -131,6 +133,21 @@ def _write(source: Source, folder: str, name: str, max_side, val_fraction: float
     return summary
 
 
+def _build_into_bucket(uri, source, name, **options) -> dict:
+    """A build into gs://... : made on local disk, then uploaded with dataset_info.json last
+    (its presence marks a finished upload). An existing remote dataset is never replaced:
+    objects cannot be swapped atomically, so the user removes it or picks another name."""
+    target = paths.resolve(uri) / name
+    if target.exists():
+        raise BuildError(f'{target} exists; a dataset in a bucket is not replaced in place: '
+                         f'remove it first (gcloud storage rm -r {target}) or pass another --name')
+    with tempfile.TemporaryDirectory(prefix='mmjax_build_') as local:
+        summary = build(source, name, local, **options)
+        paths.upload_tree(os.path.join(local, name), target,
+                          last=os.path.join(store.VERSION, 'dataset_info.json'))
+    return {**summary, 'path': os.fspath(target / store.VERSION)}
+
+
 def build(source, name: str, data_dir=None, kind: str | None = None, max_side: int | None = None,
           val_fraction: float | None = None, overwrite: bool = False, workers: int | None = None,
           max_bad_fraction: float = 0.01, labels: str | None = None,
@@ -147,8 +164,13 @@ def build(source, name: str, data_dir=None, kind: str | None = None, max_side: i
     `images` (karpathy): zips, uncompressed tars or folders, a list or comma-separated.
     workers > 1 start processes with `spawn`: call from under `if __name__ == '__main__':`."""
     _check(name, max_side, val_fraction, workers, max_bad_fraction, columns)
-    columns = {k: v for k, v in sorted(columns.items()) if v is not None}
     root = resolve_data_dir(data_dir)
+    if paths.is_remote(root):
+        return _build_into_bucket(root, source, name, kind=kind, max_side=max_side,
+                                  val_fraction=val_fraction, workers=workers,
+                                  max_bad_fraction=max_bad_fraction, labels=labels,
+                                  images=images, **columns)
+    columns = {k: v for k, v in sorted(columns.items()) if v is not None}
     kind, inputs = detect.resolve(os.fspath(source), kind, columns)
     side = _side_inputs(kind, labels, images)
     options = {'format': BUILD_FORMAT, 'kind': kind, 'max_side': max_side,
