@@ -4,8 +4,6 @@ embeddings; an mmjax-trained smoke CLIP exported to open_clip gives mmjax's outp
 
 import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,16 +32,6 @@ SMALL_CLIP = {"embed_dim": 32, "quick_gelu": True, "init_logit_bias": -2.5,
               "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "head_width": 16, "patch_size": 8},
               "text_cfg": {"context_length": 12, "vocab_size": 100, "width": 40, "heads": 4, "layers": 2,
                            "mlp_ratio": 3.0, "norm_kwargs": {"eps": 1e-6}}}
-
-
-def run_mmjax(*args):
-    """`mmjax ARGS` in a fresh process on one CPU device; its JSON summary line."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _jiggle(module, seed=0):

@@ -4,8 +4,6 @@ that evaluates the same, layouts (scan / fused q,k,v) and the errors of what doe
 
 import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -18,6 +16,7 @@ from mmjax import export
 from mmjax.convert import layout, torch_io
 from mmjax.data.tokenizers import get_tokenizer
 from mmjax import tasks
+from conftest import run_mmjax
 from splits import prose_texts
 
 TOL = 1e-4
@@ -55,17 +54,6 @@ def test_layouts_convert_both_ways_without_changing_the_model():
     tokens[1, 40:] = 0
     a, b = _mlm_logits(scanned, params, tokens), _mlm_logits(unrolled, other, tokens)
     assert np.abs(a - b).max() < 1e-5
-
-
-def run_mmjax(*args):
-    """`mmjax ARGS` in a fresh process on one CPU device (as a user runs it; compiling for the
-    8 simulated devices of the test session costs twice as much); its JSON summary line."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
