@@ -181,6 +181,12 @@ def _compile(args, overrides):
 
 
 def main(argv=None):
+    from mmjax import allocator
+    try:
+        allocator.configure()  # before any step: XLA's per-step temporaries stay mapped
+    except ValueError as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
     argv = sys.argv[1:] if argv is None else argv
     overrides = [a for a in argv if a.startswith("--config.")]
     args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
