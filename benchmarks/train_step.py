@@ -30,27 +30,20 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import peers
 from benchmarks.workload import (examples_per_step, malloc_name, stand_in_tokenizer,
                                  synthetic_batches, timing_record, train_flops, unit)
 from mmjax import config as config_lib
 from mmjax import sharding
+from mmjax.train import mfu
 from mmjax.train.setup import setup
 
 def matmul_peak(dtype, n=None, repeats=5):
-    """Best FLOP/s of a jitted n×n @ n×n matmul in `dtype` (n = 2048 on CPU, 8192 elsewhere)."""
+    """Best FLOP/s of a jitted n×n @ n×n matmul in `dtype` (n = 2048 on CPU, 8192 elsewhere):
+    the training loop's own measurement (mmjax/train/mfu.py) at the benchmark's size."""
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
-    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dtype) for i in range(2))
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return mfu.measured_peak(jnp.dtype(dtype).name, n, repeats)
 
 
 def time_steps(step, state, host_batches, put, warmup, steps):
