@@ -54,12 +54,13 @@ def preload(name):
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def configure():
-    """Applies $MMJAX_MALLOC (default 'glibc'); a preload re-executes the process."""
+def configure(reexec=True):
+    """Applies $MMJAX_MALLOC (default 'glibc'); a preload re-executes the process, unless
+    not `reexec` (mmjax called as a library, e.g. `cli.main([...])` from a test)."""
     choice = os.environ.get(ENV, "glibc").lower()
     if choice not in CHOICES:
         raise ValueError(f"{ENV}={choice!r} unknown; valid: {', '.join(CHOICES)}")
     if choice == "glibc":
         tune_glibc()
-    elif choice in LIBRARIES:
+    elif choice in LIBRARIES and reexec:
         preload(choice)

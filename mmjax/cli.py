@@ -183,7 +183,9 @@ def _compile(args, overrides):
 def main(argv=None):
     from mmjax import allocator
     try:
-        allocator.configure()  # before any step: XLA's per-step temporaries stay mapped
+        # Before any step: XLA's per-step temporaries stay mapped. A preload re-executes the
+        # command line, so only when this is the command line.
+        allocator.configure(reexec=argv is None)
     except ValueError as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
