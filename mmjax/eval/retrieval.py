@@ -72,9 +72,10 @@ class Retrieval(Evaluator):
             self.batch_spec["n_captions"] = jax.ShapeDtypeStruct((), np.int32)
         else:
             self.batch_spec["text"] = task_spec["text"]
-        shape = self.batch_spec["image"].shape
-        # Two fixed random projections of the pixels identify an image (equal images, equal keys).
-        self._probe = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+            # Two fixed random projections of the pixels identify an image (equal images,
+            # equal keys): rows of the same image are one image.
+            shape = self.batch_spec["image"].shape
+            self._probe = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
 
     def _encode_rows(self, params, batch, index):
         key = jnp.einsum("bhwc,khwc->bk", batch["image"], self._probe)
