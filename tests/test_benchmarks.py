@@ -101,6 +101,19 @@ def test_harness_prints_one_json_line_with_the_keys(name):
     assert record["flops_per_step"] == workload.train_flops(load(name))
 
 
+def test_host_memory_reports_each_phase_and_xla_figures():
+    command = [sys.executable, "-m", "benchmarks.host_memory", "configs/bench_clip_s.py",
+               *TINY["bench_clip_s"], "--steps", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MMJAX_MALLOC": "system"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    phases = record["resident_mb"]
+    assert list(phases)[-3:] == ["step compiled", "step 1", "step 2"]
+    assert phases["imports"] > phases["python"] > 0 and record["peak_rss_mb"] >= max(phases.values()) - 1
+    assert record["xla_step_mb"]["temp"] > 0 and record["xla_init_mb"]["output"] > 0
+
+
 def record(throughput, load=0.5, **extra):
     """A fabricated run record (one implementation, one round) at batch 8."""
     return {"step_time_s": 8 / throughput, "throughput": throughput, "compile_s": 1.0,
