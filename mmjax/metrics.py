@@ -70,13 +70,12 @@ class JsonlFile:
     def __init__(self, path, start_step=0, upload_every_s=60.0):
         self.path, self.remote = path, paths.is_remote(path)
         self.upload_every_s, self.uploaded = upload_every_s, time.monotonic()
-        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-        self.lines = kept_records(lines, start_step)
-        if len(self.lines) < len(lines):
-            paths.write_text(path, "".join(self.lines))
-        if not self.remote:
+        drop_records_after(path, start_step)
+        if self.remote:
+            self.lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file, self.lines = open(path, "a"), None
+            self.file = open(path, "a")
 
     def write(self, line):
         if not self.remote:
