@@ -4,7 +4,7 @@ big_vision is not on PyPI: clone it (git clone https://github.com/google-researc
 and point BIG_VISION_DIR at the checkout; without it the peer is reported unavailable.
 The model is `big_vision.models.proj.image_text.two_towers.Model` with image_model="vit" and
 text_model="proj.image_text.text_transformer", sized from the config; the loss is the
-softmax (CLIP) loss of big_vision's contrastive trainer; the update is benchmarks/peers.py's
+softmax (CLIP) loss of big_vision's contrastive trainer; the update is benchmarks/workload.py's
 jitted, donated, ahead-of-time compiled optax AdamW step, on the same synthetic batches.
 
 Where big_vision differs from mmjax's CLIP at the same sizes, it runs as big_vision does:
@@ -104,8 +104,7 @@ def init_params(model, batch):
 def build(config, compiled=False):
     """(step, version): big_vision's two towers on the config, jitted AdamW step compiled AOT."""
     del compiled  # a JAX peer: always compiled
-    from benchmarks.peers import flax_peer
-    from benchmarks.workload import synthetic_batches
+    from benchmarks.workload import flax_peer, synthetic_batches
     model = import_two_towers().Model(**model_kwargs(config))
     batches = synthetic_batches(config)  # NHWC images, int32 tokens: what big_vision takes
 

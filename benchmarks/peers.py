@@ -15,8 +15,8 @@ import numpy as np
 
 from mmjax.convert.torch_io import import_torch  # torch, with torchvision's ops stubbed on CPU
 
-from benchmarks.workload import (BERT_IDS, malloc_name, stand_in_tokenizer, synthetic_batches,
-                                 timing_record)
+from benchmarks.workload import (BERT_IDS, flax_peer, malloc_name, stand_in_tokenizer,
+                                 synthetic_batches, timing_record)
 
 PEERS = {"mlm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
          "clip": ("hf_flax", "open_clip", "open_clip_compiled", "big_vision")}
@@ -86,41 +86,6 @@ def hf_clip_config(config):
                   num_hidden_layers=m.image.depth, num_attention_heads=m.image.num_heads,
                   hidden_act="gelu")
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.embed_dim)
-
-
-def flax_peer(config, model, loss_fn, batches):
-    """A jitted (params, opt_state) update with donated buffers, compiled ahead of time."""
-    import jax
-    import optax
-    o = config.optim
-    tx = optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    params = model.params
-
-    def update(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    state = [params, tx.init(params)]
-    device_batches = [jax.device_put(b) for b in batches]
-    start = time.perf_counter()
-    compiled = jax.jit(update, donate_argnums=(0, 1)).lower(*state, device_batches[0]).compile()
-    compile_s = time.perf_counter() - start
-
-    def step(i):
-        state[0], state[1], loss = compiled(*state, device_batches[i % len(device_batches)])
-        jax.block_until_ready(loss)
-
-    step.compile_s, step.param_count = compile_s, sum(x.size for x in jax.tree.leaves(params))
-    step.xla_flops = xla_flops(compiled)
-    return step
-
-
-def xla_flops(compiled):
-    """The FLOPs XLA's cost analysis counts in a compiled step (None where it has none)."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return (cost or {}).get("flops")
 
 
 def build_hf_flax_mlm(config, compiled=False):
@@ -219,7 +184,7 @@ def build_open_clip(config, compiled=False):
 
 
 def build_big_vision(config, compiled=False):
-    from benchmarks import big_vision_peer  # imports this module: loaded on use
+    from benchmarks import big_vision_peer  # loaded on use: big_vision is a checkout
     return big_vision_peer.build(config, compiled)
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from benchmarks import peers
 from benchmarks.workload import (examples_per_step, malloc_name, stand_in_tokenizer,
-                                 synthetic_batches, timing_record, train_flops, unit)
+                                 synthetic_batches, timing_record, train_flops, unit, xla_flops)
 from mmjax import config as config_lib
 from mmjax import sharding
 from mmjax.train import mfu
@@ -91,7 +91,7 @@ def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
                       peak_flops_float32=peaks["float32"], peak_flops_bfloat16=peaks["bfloat16"])
         record["mfu"] = record["achieved_flops"] / record["peak_flops"]
     record.update(param_count=sum(x.size for x in jax.tree.leaves(state.params)),
-                  xla_flops=peers.xla_flops(compiled))
+                  xla_flops=xla_flops(compiled))
     record.update(peak_rss_mb=peak_rss_mb(), peak_device_mb=peak_device_mb(),
                   model={k: config.model[k] for k in ("scan", "remat", "attention")},
                   device=jax.devices()[0].device_kind, device_count=jax.device_count(),

@@ -1,8 +1,11 @@
 """What every implementation in a benchmark shares: synthetic batches of a config's shapes,
-the stand-in tokenizer, the throughput unit and the timing record (mmjax and peers alike)."""
+the stand-in tokenizer, the throughput unit and the timing record (mmjax and peers alike),
+XLA's FLOPs of a compiled step, and the timed AdamW step of the JAX peers (HF Flax and
+big_vision, in peers.py and big_vision_peer.py)."""
 
 import os
 import statistics
+import time
 import types
 
 import numpy as np
@@ -82,3 +85,38 @@ def timing_record(config, name, impl, times, compile_s):
             "step_time_min_s": min(times), "step_time_max_s": max(times), "steps": len(times),
             "compile_s": compile_s, "flops_per_step": train_flops(config),
             "batch_size": config.train.batch_size, "dtype": config.model.dtype}
+
+
+def flax_peer(config, model, loss_fn, batches):
+    """A jitted (params, opt_state) update with donated buffers, compiled ahead of time."""
+    import jax
+    import optax
+    o = config.optim
+    tx = optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    params = model.params
+
+    def update(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    state = [params, tx.init(params)]
+    device_batches = [jax.device_put(b) for b in batches]
+    start = time.perf_counter()
+    compiled = jax.jit(update, donate_argnums=(0, 1)).lower(*state, device_batches[0]).compile()
+    compile_s = time.perf_counter() - start
+
+    def step(i):
+        state[0], state[1], loss = compiled(*state, device_batches[i % len(device_batches)])
+        jax.block_until_ready(loss)
+
+    step.compile_s, step.param_count = compile_s, sum(x.size for x in jax.tree.leaves(params))
+    step.xla_flops = xla_flops(compiled)
+    return step
+
+
+def xla_flops(compiled):
+    """The FLOPs XLA's cost analysis counts in a compiled step (None where it has none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return (cost or {}).get("flops")

@@ -15,6 +15,8 @@ import re
 import time
 import types
 
+from mmjax.errors import MeshError, TopologyError
+
 # HBM per chip, from the Cloud TPU docs' system-architecture pages (cloud.google.com/tpu/
 # docs/v4, /v5p, /v5e, /v6e); their peak dense bf16 FLOP/s (v4 275e12, v5p 459e12, v5e
 # 197e12, v6e 918e12, same docs) is mmjax/train/mfu.py's table, by device kind. v4 and v5p
@@ -41,10 +43,6 @@ DEFAULT_MFU = 0.4
 # /tmp/libtpu_lockfile, which would keep a second compiling process from starting.
 TPU_ENV = dict(TPU_WORKER_HOSTNAMES="localhost", TF_CPP_MIN_LOG_LEVEL="3",
                TPU_STDERR_LOG_LEVEL="3", TPU_MIN_LOG_LEVEL="3", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
-
-
-class TopologyError(ValueError):
-    """An unknown TPU name, or libtpu is not installed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +164,7 @@ def abstract_batch(run):
 def set_slices(config, num_slices):
     """Multi-slice: the mesh's across-slice (DCN) sizes must multiply to the slice count; a
     config that sets none puts the slices on `dcn_data` (data parallel over DCN)."""
-    from mmjax.sharding import MESH_AXES, MeshError
+    from mmjax.sharding import MESH_AXES
     dcn = {a: config.mesh.get(f"dcn_{a}", 1) for a in MESH_AXES}
     if math.prod(dcn.values()) == 1 and num_slices > 1:
         config.mesh.dcn_data = num_slices

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from mmjax import paths, tasks
+from mmjax.config import parse_mixture
+from mmjax.data import DEFAULT_DATA_DIR
 from mmjax.data import images as image_ops
-from mmjax.data.builders import DEFAULT_DATA_DIR
-from mmjax.data.pipeline import parse_mixture
 from mmjax.data.tokenizers import get_tokenizer
 
 

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mmjax import paths
+from mmjax.errors import CheckpointError, CheckpointMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,6 @@ MATCH_KEYS = ("task", "seed", "model", "data", "optim.name")
 # ... except these, which change how the model computes or the input is read, not what.
 COMPUTE_KEYS = ("model.dtype", "model.remat", "model.attention", "model.prune_last_layer",
                 "data.worker_count", "data.max_bad_fraction")
-
-
-class CheckpointError(RuntimeError):
-    """WORKDIR's checkpoints cannot be used by this run; the message says why and what to do."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """WORKDIR's newest checkpoint was written by a different model config."""
 
 
 class Restored(NamedTuple):

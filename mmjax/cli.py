@@ -1,4 +1,9 @@
-"""Command line: `mmjax train | eval | export | import | data build | compile`."""
+"""Command line: `mmjax train | eval | export | import | data build | compile`.
+
+Each command imports what it runs when it runs (jax, orbax, tfds, grain are seconds to
+load), so `mmjax --help` and a config error answer at once: this module imports only the
+config, the errors and the light constants of mmjax.
+"""
 
 import argparse
 import json
@@ -6,12 +11,10 @@ import os
 import sys
 
 from mmjax import config as config_lib
-from mmjax.checkpoint import CheckpointError
 from mmjax.convert import FORMATS
-from mmjax.data.builders import DEFAULT_DATA_DIR, DataDirError
-from mmjax.paths import MissingFilesystem
-from mmjax.sharding import MeshError
-from mmjax.train import BadData, TrainingDiverged
+from mmjax.data import DEFAULT_DATA_DIR
+from mmjax.errors import (BadData, BuildError, CheckpointError, ConfigError, DataDirError,
+                          MeshError, MissingFilesystem, TopologyError, TrainingDiverged)
 
 
 def _parser():
@@ -126,7 +129,7 @@ def _data(args):
                               overwrite=args.overwrite, workers=args.workers,
                               max_bad_fraction=args.max_bad_fraction, labels=args.labels,
                               images=args.images, **columns)
-    except (build.BuildError, OSError, MissingFilesystem) as e:
+    except (BuildError, OSError, MissingFilesystem) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, sort_keys=True))
@@ -138,14 +141,14 @@ def _export_or_import(args, overrides):
     try:
         if args.command == "export":
             if overrides:
-                raise config_lib.ConfigError("export takes the config saved with the checkpoint; "
-                                             "drop the --config.* flags")
+                raise ConfigError("export takes the config saved with the checkpoint; "
+                                  "drop the --config.* flags")
             result = export.export(args.workdir, args.format, args.out, args.step, args.dtype)
         else:
             result = export.import_weights(args.format, args.src, args.workdir,
                                            os.path.expanduser(args.data_dir), args.config, overrides)
-    except (config_lib.ConfigError, DataDirError, MeshError, CheckpointError, ValueError,
-            ImportError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (ConfigError, DataDirError, MeshError, CheckpointError, ValueError, ImportError,
+            FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))
@@ -173,7 +176,7 @@ def _compile(args, overrides):
     try:
         config = config_lib.load(args.config, overrides)
         result = aot.compile_config(config, args.topology, args.num_slices, args.mfu)
-    except (config_lib.ConfigError, MeshError, aot.TopologyError) as e:
+    except (ConfigError, MeshError, TopologyError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))
@@ -182,16 +185,18 @@ def _compile(args, overrides):
 
 def main(argv=None):
     from mmjax import allocator
-    try:
-        # Before any step: XLA's per-step temporaries stay mapped. A preload re-executes the
-        # command line, so only when this is the command line.
-        allocator.configure(reexec=argv is None)
-    except ValueError as e:
-        print(f"mmjax: error: {e}", file=sys.stderr)
-        return 2
+    reexec = argv is None
     argv = sys.argv[1:] if argv is None else argv
     overrides = [a for a in argv if a.startswith("--config.")]
     args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    try:
+        # Before any step: XLA's per-step temporaries stay mapped. A preload re-executes the
+        # command line, so only when this is the command line (after parsing it: `--help`
+        # and a usage error answer without re-executing).
+        allocator.configure(reexec=reexec)
+    except ValueError as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
     if args.command in ("export", "import"):
         return _export_or_import(args, overrides)
     if args.command == "data":
@@ -206,7 +211,7 @@ def main(argv=None):
             workdir = args.workdir or os.path.join("runs", name)
         else:
             if overrides:
-                raise config_lib.ConfigError("eval takes the config saved in WORKDIR; drop the --config.* flags")
+                raise ConfigError("eval takes the config saved in WORKDIR; drop the --config.* flags")
             workdir = args.workdir
             from mmjax import paths
             path = paths.join(workdir, "config.json")
@@ -228,7 +233,7 @@ def main(argv=None):
             results = train(config, workdir, data_dir, weights_only=args.load_weights_only)
         else:
             results = evaluate_checkpoint(config, workdir, data_dir)
-    except (config_lib.ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
+    except (ConfigError, MeshError, DataDirError, CheckpointError, FileNotFoundError,
             PermissionError, TrainingDiverged, BadData, MissingFilesystem) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ import os
 
 import ml_collections
 
+from mmjax.errors import ConfigError, UnknownNameError
+from mmjax.registry import DATASETS, EVALUATORS, TASKS
+
 DEFAULT_CONFIG = "smoke_clip.py"
 
 # Keys with a closed set of values; anything else is rejected with the list.
@@ -22,10 +25,6 @@ CHOICES = {
     "data.tokenizer": ("clip_bpe", "wordpiece"),
     "data.crop": ("random_resized", "resize", "center"),
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message says which key and how to fix it."""
 
 
 def default_config_path() -> str:
@@ -110,6 +109,22 @@ def _get(config, dotted):
     return node
 
 
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+    """`data.train`, 'NAME' or 'NAME:0.7,OTHER:0.3' -> [(name, weight)] (weights normalised)."""
+    parts = []
+    for item in (t.strip() for t in str(text).split(",") if t.strip()):
+        name, _, weight = item.rpartition(":")
+        try:
+            parts.append((name, float(weight)))
+        except ValueError:  # no weight (or 'module:Class'): weight 1
+            parts.append((item, 1.0))
+    if not parts or any(w <= 0 for _, w in parts):
+        raise ConfigError(f"data.train={text!r}: name a dataset, or a mixture "
+                          f"'NAME:0.7,OTHER:0.3' with positive weights")
+    total = sum(w for _, w in parts)
+    return [(n, w / total) for n, w in parts]
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the keys every tool relies on and the closed choices."""
     for key in ("seed", "task", "train.steps", "train.batch_size", "train.log_every",
@@ -125,12 +140,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("train.steps", "train.batch_size", "train.log_every"):
         if _get(config, key) <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {_get(config, key)}")
-    # Plug-ins by name: the registries list the valid ones (imported lazily: they pull in jax).
-    from mmjax.data.sources import DATASETS
-    from mmjax.eval import EVALUATORS
-    from mmjax.registry import UnknownNameError
-    from mmjax.tasks import TASKS
-    from mmjax.data.pipeline import parse_mixture
+    # Plug-ins by name: the registries list the valid ones (without importing the built-ins).
     lookups = [("task", TASKS, config.task)]
     # Dataset names may also be folders in the data dir: unregistered ones are checked at
     # setup, where the data dir is known; 'module:Class' ones here.
@@ -145,7 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             lookups.append((f"evals.{name}.dataset", DATASETS, entry["dataset"]))
     for key, registry, name in lookups:
         try:
-            registry.get(name)
+            registry.check(name)
         except UnknownNameError as e:
             raise ConfigError(f"config key {key!r}: {e}") from None
 

@@ -16,6 +16,8 @@ import tempfile
 import fsspec
 from etils import epath
 
+from mmjax.errors import MissingFilesystem
+
 # A bucket's listings are read fresh each time: other processes and hosts write into the
 # same run (checkpoint steps, a dataset's marker file, the tokenizer vocab), and gcsfs would
 # otherwise answer `exists()` / `iterdir()` from what this process listed earlier.
@@ -26,10 +28,6 @@ for _protocol in ("gs", "gcs"):
 def is_remote(path) -> bool:
     """True for a URI (gs://bucket/dir, s3://...), False for a local path."""
     return "://" in os.fspath(path)
-
-
-class MissingFilesystem(ImportError):
-    """A gs:// path without gcsfs installed; the message says how to install it."""
 
 
 def resolve(path) -> epath.Path:

@@ -3,16 +3,17 @@
 A plug-in registers itself when its module is imported (`@TASKS.register("clip")`). A config
 may also name one by import path, `"my_package.my_module:MyTask"`, so a user's own module
 plugs in without editing mmjax.
+
+The tables live here, not in the packages that fill them (mmjax.tasks, mmjax.data.sources,
+mmjax.eval re-export them), and this module imports nothing of mmjax but its errors: the
+config checks plug-in names against the tables, and the plug-ins read the config, so
+neither side imports the other. A built-in is known by the module that registers it, so a
+name is checked without importing that module (and jax with it).
 """
 
 import importlib
 
-
-class UnknownNameError(KeyError):
-    """A name that no registered plug-in has; the message lists the valid ones."""
-
-    def __str__(self):
-        return self.args[0]
+from mmjax.errors import UnknownNameError
 
 
 class Registry:
@@ -38,10 +39,37 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
-            module, _, attr = name.partition(":")
-            try:
-                return getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as e:
-                raise UnknownNameError(f"{self.kind} {name!r} cannot be imported ({e})") from e
-        raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}, "
-                               f"or 'package.module:Name' of your own")
+            return self._import(name)
+        raise self._unknown(name)
+
+    def check(self, name: str) -> None:
+        """Raises UnknownNameError unless `get(name)` would find it; a built-in's module is
+        not imported (a 'module:Name' one is: that is the only way to know it is there)."""
+        if name in self._entries or name in self._builtins:
+            return
+        if ":" in name:
+            self._import(name)
+            return
+        raise self._unknown(name)
+
+    def _import(self, name: str):
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UnknownNameError(f"{self.kind} {name!r} cannot be imported ({e})") from e
+
+    def _unknown(self, name: str) -> UnknownNameError:
+        return UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}, "
+                                f"or 'package.module:Name' of your own")
+
+
+TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
+                          "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify"})
+DATASETS = Registry("dataset", {name: "mmjax.data.sources"
+                                for name in ("digit_captions", "prose", "play_genres")})
+EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
+                                    "retrieval": "mmjax.eval.retrieval",
+                                    "mlm": "mmjax.eval.mlm",
+                                    "classify": "mmjax.eval.classify",
+                                    "linear_probe": "mmjax.eval.linear_probe"})

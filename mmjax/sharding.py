@@ -10,6 +10,8 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mmjax.errors import MeshError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 
@@ -30,10 +32,6 @@ RULES = (
     ("patch", None),
     ("layers", None),
 )
-
-
-class MeshError(ValueError):
-    """The mesh in the config does not fit the devices."""
 
 
 def mesh_shape(mesh_config, num_devices):

@@ -16,17 +16,14 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from mmjax import paths
+from mmjax.data import DEFAULT_DATA_DIR
+from mmjax.errors import DataDirError
 
-DEFAULT_DATA_DIR = '~/.cache/mmjax'
 FILE_FORMAT = 'array_record'
 DIGIT_TEST_PER_CLASS = 100   # Of the 500 digits of each class, the last 100 are held out.
 PROSE_CHUNK_WORDS = 48
 PROSE_MIN_WORDS = 8          # A document's shorter tail chunk is dropped.
 PROSE_TEST_EVERY = 20        # Every 20th chunk goes to the test split.
-
-
-class DataDirError(OSError):
-    """The data directory cannot be created or written."""
 
 
 def _package_dir(package: str) -> pathlib.Path:

@@ -21,13 +21,11 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from mmjax.errors import BadImage
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP's preprocessing statistics
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CROPS = ('random_resized', 'resize', 'center')
-
-
-class BadImage(ValueError):
-    """An image record that cannot be decoded (truncated, not an image, empty)."""
 
 
 @dataclasses.dataclass(frozen=True)

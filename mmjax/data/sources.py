@@ -15,12 +15,9 @@ import os
 from collections.abc import Iterable, Iterator
 
 from mmjax import paths
-from mmjax.config import ConfigError
 from mmjax.data import transforms
-from mmjax.registry import Registry
-
-DATASETS = Registry("dataset", {name: "mmjax.data.sources"
-                                for name in ("digit_captions", "prose", "play_genres")})
+from mmjax.errors import ConfigError, DatasetMissing
+from mmjax.registry import DATASETS  # the table lives in mmjax/registry.py
 
 # Captions of the built-in digits (templates written for this project).
 DIGIT_NAMES = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
@@ -61,10 +58,6 @@ class Dataset:
     def records(self, data_dir, split) -> Iterable:
         source = self.source(data_dir, split)
         return (source[i] for i in range(len(source))) if self.random_access else source
-
-
-class DatasetMissing(ConfigError):
-    """A dataset name that is neither registered nor built in the data dir."""
 
 
 def get(name: str, data_dir=None) -> Dataset:

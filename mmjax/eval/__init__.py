@@ -5,13 +5,8 @@ Each entry builds the evaluator its `type` names (`EVALUATORS`) into an object w
 `eval/<name>/<metric>`. An empty `config.evals` means the task's default evaluators.
 """
 
-from mmjax.registry import Registry
-
-EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
-                                    "retrieval": "mmjax.eval.retrieval",
-                                    "mlm": "mmjax.eval.mlm",
-                                    "classify": "mmjax.eval.classify",
-                                    "linear_probe": "mmjax.eval.linear_probe"})
+from mmjax.errors import ConfigError
+from mmjax.registry import EVALUATORS  # the table lives in mmjax/registry.py
 
 
 def specs(config, task) -> dict:
@@ -32,7 +27,6 @@ def build(run, data_dir) -> dict:
 def from_command_line(text: str, data_dir) -> dict:
     """`config.evals` entries of 'TYPE:DATASET[:SPLIT],...' (`mmjax eval --evals`), named
     TYPE_DATASET; a missing split is the dataset's test split, else validation, else train."""
-    from mmjax.config import ConfigError
     from mmjax.data import sources
     entries = {}
     for item in (t.strip() for t in text.split(",") if t.strip()):

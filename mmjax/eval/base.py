@@ -7,8 +7,8 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import sharding
-from mmjax.config import ConfigError
 from mmjax.data import images, pipeline, sources
+from mmjax.errors import ConfigError
 
 
 def serves(model) -> set:

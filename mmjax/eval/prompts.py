@@ -4,7 +4,7 @@ turned into lower-cased prompt strings the same way for every model."""
 import importlib.resources
 import os
 
-from mmjax.config import ConfigError
+from mmjax.errors import ConfigError
 
 # Built-in template sets. 'imagenet80': the CLIP paper's 80 ImageNet templates (source named
 # in the asset file's header).

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.config import ConfigError
+from mmjax.errors import ConfigError
 from mmjax.eval import EVALUATORS, nearest
 from mmjax.eval.base import Evaluator
 

@@ -1,10 +1,7 @@
 """Tasks: what a run trains. `TASKS.get(config.task)(config, tokenizer)` gives the model,
 the named loss terms, the batch spec and the default evaluators (see tasks/base.py)."""
 
-from mmjax.registry import Registry
-
-TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
-                          "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify"})
+from mmjax.registry import TASKS  # the table lives in mmjax/registry.py
 
 
 def get(config, tokenizer):

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from mmjax.config import parse_mixture
+
 
 @dataclasses.dataclass(frozen=True)
 class ExampleTerm:
@@ -60,7 +62,6 @@ class Task:
 
     def train_datasets(self) -> list[str]:
         """The names in `config.data.train` (a dataset or a mixture), in order."""
-        from mmjax.data.pipeline import parse_mixture  # Lazy: the data layer pulls in grain.
         return [name for name, _ in parse_mixture(self.config.data.train)]
 
     def default_evals(self) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import sharding
-from mmjax.train import BadData
+from mmjax.errors import BadData
 
 
 class Feed:

@@ -14,13 +14,9 @@ import jax
 import numpy as np
 
 from mmjax import export, paths
-from mmjax.config import ConfigError
 from mmjax.convert import layout
+from mmjax.errors import InitError
 from mmjax.param_groups import matches
-
-
-class InitError(ConfigError):
-    """`config.init` names parameters that cannot be loaded; the message names them."""
 
 
 def read_source(source):

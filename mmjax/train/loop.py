@@ -7,10 +7,11 @@ import jax
 
 from mmjax import eval as evaluators
 from mmjax import paths
-from mmjax.checkpoint import CheckpointError, Checkpointer, PreemptionNotice
+from mmjax.checkpoint import Checkpointer, PreemptionNotice
 from mmjax.data import pipeline
+from mmjax.errors import CheckpointError, TrainingDiverged
 from mmjax.metrics import MetricWriter, Throughput
-from mmjax.train import TrainingDiverged, init_from
+from mmjax.train import init_from
 from mmjax.train.early_stop import EarlyStopping
 from mmjax.train.feed import Feed
 from mmjax.train.mfu import MFU

@@ -11,8 +11,9 @@ import jax
 from jax.experimental import multihost_utils
 
 from mmjax import sharding, tasks
-from mmjax.config import ConfigError
-from mmjax.data import pipeline, sources
+from mmjax.config import parse_mixture
+from mmjax.data import sources
+from mmjax.errors import ConfigError
 from mmjax.data.tokenizers import get_tokenizer
 from mmjax.optim import make_optimizer
 from mmjax.train.state import abstract_train_state, create_train_state, init_fn
@@ -46,7 +47,7 @@ class Run:
 def prepare_data(config, data_dir):
     """Builds the datasets the config names and its tokenizer on first use (process 0 first,
     then the others, so a shared filesystem is written once); returns the tokenizer."""
-    train = [name for name, _ in pipeline.parse_mixture(config.data.train)]
+    train = [name for name, _ in parse_mixture(config.data.train)]
     names = set(train) | set(config.data.get("tokenizer_data") or ())
     names |= {spec["dataset"] for spec in config.get("evals", {}).values() if "dataset" in spec}
     tokenizer = None

@@ -1,18 +1,17 @@
-"""What flows through a build: source items, processed examples, skips, and BuildError."""
+"""What flows through a build: source items, processed examples, skips, and BuildError
+(from mmjax/errors.py, re-exported here)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Iterator
 
+from mmjax.errors import BuildError  # noqa: F401  (the readers import it from here)
+
 IMAGE_TEXT = ('image', 'text')
 IMAGE_LABEL = ('image', 'label')
 IMAGE_CAPTIONS = ('image', 'captions')   # Retrieval benchmarks: one record per image.
 TEXT = ('text',)
-
-
-class BuildError(ValueError):
-    """A user error in `mmjax data build` (bad source, options or data dir); one line."""
 
 
 @dataclasses.dataclass(frozen=True)
