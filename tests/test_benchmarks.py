@@ -1,5 +1,7 @@
-"""The benchmark harness runs a tiny config end to end, and its FLOPs formula matches a count of the step's matmuls."""
+"""The benchmark harness runs a tiny config end to end, its FLOPs formula matches a count of the
+step's matmuls, and the peers' builders make models of mmjax's size that train."""
 
+import importlib.util
 import json
 import math
 import os
@@ -9,6 +11,7 @@ import sys
 import flax.linen as nn
 import jax
 import jax.extend.core as jex
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,3 +222,83 @@ def test_big_vision_peer_matches_the_shapes_and_runs_a_step():
     assert sum(x.size for x in jax.tree.leaves(params)) == pytest.approx(mine, rel=0.03)
     out = peers.run("big_vision", config, "bench_clip_s", steps=1, warmup=1)
     assert out["throughput"] > 0 and out["version"].startswith("big_vision")
+
+
+def _peer_or_skip(monkeypatch, config, impl, package):
+    """The peer's own benchmark step (benchmarks.peers.BUILDERS), its torch model and the
+    losses its steps compute: (step, model, losses). Skips a peer whose package is not
+    installed (CI installs open_clip and transformers: tests/test_convert.py needs them)."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"peer {impl} not installed: no {package}")
+    captured, losses, real = {}, [], peers.torch_peer
+
+    def torch_peer(config, model, loss_fn, batches, compiled):
+        def recorded(forward, batch):
+            loss = loss_fn(forward, batch)
+            losses.append(float(loss.detach()))
+            return loss
+        captured["model"] = model
+        return real(config, model, recorded, batches, compiled)
+
+    monkeypatch.setattr(peers, "torch_peer", torch_peer)
+    step, _ = peers.BUILDERS[(config.task, impl)](config)
+    return step, captured["model"], losses
+
+
+def _mmjax_step(config):
+    """mmjax's same-size model: (param count, loss of one train step, fraction of the param
+    leaves that step changed)."""
+    run = setup(config, tokenizer=workload.stand_in_tokenizer(config), devices=jax.devices()[:1])
+    state = run.init_state()
+    before = jax.device_get(state.params)
+    batch = sharding.global_batch(workload.synthetic_batches(config, 1)[0], run.mesh)
+    state, metrics = run.train_step()(state, batch)
+    after = jax.tree.leaves(jax.device_get(state.params))
+    changed = [not np.array_equal(a, b) for a, b in zip(after, jax.tree.leaves(before))]
+    return sum(x.size for x in after), float(metrics["loss"]), np.mean(changed)
+
+
+def _peer_one_step(step, model, losses):
+    """(loss, fraction of the parameter tensors changed) of one step of a torch peer."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step(0)
+    changed = [not np.array_equal(p.detach().numpy(), before[n].numpy()) for n, p in model.named_parameters()]
+    assert len(losses) == 1
+    return losses[0], np.mean(changed)
+
+
+def test_open_clip_peer_is_mmjaxs_size_and_trains(monkeypatch):
+    """benchmarks/peers.py's open_clip builder on the tiny CLIP-S: as many parameters as
+    mmjax's model of the config, and one step of each has a finite loss and moves every
+    parameter (AdamW with weight decay: even the unused ones)."""
+    config = load("bench_clip_s")
+    step, model, losses = _peer_or_skip(monkeypatch, config, "open_clip", "open_clip")
+    mine, my_loss, my_changed = _mmjax_step(config)
+    theirs = sum(p.numel() for p in model.parameters())
+    assert step.param_count == theirs
+    assert theirs == mine, f"open_clip's model has {theirs} parameters, mmjax's {mine}"
+    loss, changed = _peer_one_step(step, model, losses)
+    assert np.isfinite(loss) and loss > 0 and np.isfinite(my_loss) and my_loss > 0
+    assert changed == 1.0, f"one step of the open_clip peer changed {changed:.0%} of its parameters"
+    assert my_changed == 1.0
+
+
+def test_hf_bert_peer_is_mmjaxs_size_and_trains(monkeypatch):
+    """benchmarks/peers.py's HF PyTorch BertForMaskedLM builder on the tiny MLM-S: the same
+    parameters as mmjax's model of the config but for the position table, which HF's
+    config there always gives 512 rows (mmjax: context_length); one step of each has a
+    finite loss near log(vocab) and moves the parameters."""
+    config = load("bench_mlm_s")
+    step, model, losses = _peer_or_skip(monkeypatch, config, "hf_torch", "transformers")
+    mine, my_loss, my_changed = _mmjax_step(config)
+    t = config.model.text
+    positions = model.bert.embeddings.position_embeddings.weight
+    assert tuple(positions.shape) == (512, t.width) and t.context_length < 512
+    theirs, mine = step.param_count - positions.numel(), mine - t.context_length * t.width
+    assert theirs == mine, f"without the position tables HF's BERT has {theirs} parameters, mmjax's {mine}"
+    loss, changed = _peer_one_step(step, model, losses)
+    assert np.isfinite(loss) and np.isfinite(my_loss)
+    assert loss == pytest.approx(np.log(t.vocab_size), rel=0.2)   # random init: ~log(vocab)
+    assert my_loss == pytest.approx(np.log(t.vocab_size), rel=0.2)
+    assert changed > 0.9, f"one step of the HF peer changed {changed:.0%} of its parameters"
+    assert my_changed > 0.9

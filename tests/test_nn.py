@@ -142,18 +142,50 @@ def test_bidirectional_text_tower_ignores_padding():
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_vit_shapes_and_patch_embedding(pool):
+def test_vit_shapes(pool):
     vit = _vit(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, pool=pool, scan=False)
     images = np.random.default_rng(5).normal(size=(3, 8, 12, 2)).astype(np.float32)
     params = nn.unbox(vit.init(jax.random.PRNGKey(0), images)["params"])
     assert params["pos_embedding"].shape == ((2 * 3) + (pool == "cls"), 16)
     assert ("cls_token" in params) == (pool == "cls")
     assert vit.apply({"params": params}, images).shape == (3, 16)
-    # the patch embedding is a linear map of each (p q c) patch: check one against numpy
-    x = nn.Dense(16, use_bias=False).apply({"params": params["patch_embed"]},
-                                          images[:, 4:8, 8:12].reshape(3, -1))
-    want = images[:, 4:8, 8:12].reshape(3, -1) @ np.asarray(params["patch_embed"]["kernel"])
-    np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+
+
+def np_patch_conv(images, conv_weight, p):
+    """open_clip's patch embedding in numpy: `conv1` (stride = kernel = p, weight
+    [width, c, p, p]) over NHWC images, the output grid read row by row (its
+    `x.reshape(b, width, -1).permute(0, 2, 1)`): [b, (H/p)·(W/p), width], float64."""
+    b, H, W, _ = images.shape
+    out = np.zeros((b, (H // p) * (W // p), conv_weight.shape[0]))
+    for i in range(H // p):
+        for j in range(W // p):
+            window = np.float64(images[:, i * p:(i + 1) * p, j * p:(j + 1) * p, :])   # [b, p, p, c]
+            out[:, i * (W // p) + j] = np.einsum("nyxc,ocyx->no", window, conv_weight)
+    return out
+
+
+def test_vit_patch_embedding_is_open_clips_conv_over_row_major_patches():
+    """The ViT's own patch embedding (its `patch_embed` output, captured from a forward pass)
+    equals open_clip's conv1 on the same images, with the kernel laid out as the converter
+    documents: row (y·p + x)·c + channel of `patch_embed/kernel` is conv1.weight[:, channel, y, x].
+    Non-square images and 3 channels, so a swapped grid, patch or channel order shows."""
+    p, width, c = 4, 8, 3
+    vit = _vit(patch_size=p, width=width, depth=1, num_heads=2, mlp_dim=16, scan=False)
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(2, 8, 12, c)).astype(np.float32)
+    conv_weight = rng.normal(size=(width, c, p, p)).astype(np.float32)   # open_clip's layout
+    kernel = np.zeros((p * p * c, width), np.float32)
+    for y in range(p):
+        for x in range(p):
+            for ch in range(c):
+                kernel[(y * p + x) * c + ch] = conv_weight[:, ch, y, x]
+    params = nn.unbox(vit.init(jax.random.PRNGKey(0), images)["params"])
+    params["patch_embed"]["kernel"] = jnp.asarray(kernel)
+    _, state = vit.apply({"params": params}, images, capture_intermediates=True,
+                         mutable=["intermediates"])
+    (embedded,) = state["intermediates"]["patch_embed"]["__call__"]
+    assert embedded.shape == (2, (8 // p) * (12 // p), width)
+    np.testing.assert_allclose(embedded, np_patch_conv(images, conv_weight, p), rtol=1e-5, atol=1e-5)
 
 
 def _tiny_clip(**kw):

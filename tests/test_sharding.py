@@ -89,13 +89,59 @@ def test_fsdp8_holds_an_eighth_of_the_state_per_device():
     assert ratio < 0.2
 
 
-def test_params_are_born_sharded_without_a_full_copy():
-    """The jitted init writes each shard in place: no leaf is fully on one device."""
+def _spy_on_jit(monkeypatch):
+    """Replaces `jax.jit` so that each jitted call made with concrete arguments is also
+    lowered and compiled on the side; returns the list the compiled programs go to."""
+    programs, real_jit = [], jax.jit
+
+    def jit(fun, *jit_args, **jit_kwargs):
+        jitted = real_jit(fun, *jit_args, **jit_kwargs)
+
+        def call(*args, **kwargs):
+            if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+                programs.append(jitted.lower(*args, **kwargs).compile())
+            return jitted(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(jax, "jit", jit)
+    return programs
+
+
+def test_params_are_born_sharded_without_a_full_copy(monkeypatch):
+    """`init_state` makes the state in jitted programs whose every device holds only its own
+    shards: by XLA's memory analysis of each program it runs (fsdp=8), the outputs on a device
+    are that device's shards and the scratch is under a quarter of the full params (about 1/6
+    here). Initialising replicated, on one device or eagerly and resharding after fails here,
+    though the result would be laid out the same; so does drawing each parameter's random
+    bits whole on every device (JAX_THREEFRY_PARTITIONABLE=0: ~1/2)."""
     config = tiny_config("clip")
-    _, state = _build(config, (1, 8, 1))
+    config.model.image.update(width=64, mlp_dim=256)
+    config.model.text.update(width=64, mlp_dim=256)
+    config.mesh.update(data=1, fsdp=8, tensor=1)
+    run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:8])
+    programs = _spy_on_jit(monkeypatch)
+    state = run.init_state()
+    monkeypatch.undo()
+    abstract = jax.tree.leaves(run.abstract_state)
+    nbytes = lambda shape, dtype: int(np.prod(shape)) * np.dtype(dtype).itemsize  # noqa: E731
+    shard_bytes = sum(nbytes(x.sharding.shard_shape(x.shape), x.dtype) for x in abstract)
+    params_bytes = sum(nbytes(x.shape, x.dtype) for x in jax.tree.leaves(run.abstract_state.params))
+    makers = [c for c in programs if c.out_tree == jax.tree.structure(state)]
+    assert makers, "the state was not made by a jitted program"
+    for compiled in programs:
+        memory = compiled.memory_analysis()
+        # outputs: the device's shards (+ 8 bytes a leaf for XLA's output table)
+        out, temp = memory.output_size_in_bytes, memory.temp_size_in_bytes
+        assert out <= shard_bytes + 16 * len(abstract), (
+            f"a program run by init_state outputs {out} bytes on one device; its shards are {shard_bytes}")
+        assert temp < params_bytes / 4, (
+            f"a program run by init_state needs {temp} bytes of scratch on one device; "
+            f"the full params are {params_bytes}")
+    for got, want in zip(jax.tree.leaves(makers[-1].output_shardings), abstract):
+        assert got.is_equivalent_to(want.sharding, len(want.shape)), (got, want)
     kernel = state.params["image"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]   # ('embed', 'mlp')
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # tensor = 1
-    assert kernel.addressable_shards[0].data.shape == (16 // 8, 32)
+    assert kernel.addressable_shards[0].data.shape == (64 // 8, 256)
 
 
 def test_rules_table_overrides_and_mesh_errors():
