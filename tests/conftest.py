@@ -7,6 +7,18 @@ _flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
           if not f.startswith('--xla_force_host_platform_device_count')]
 os.environ['XLA_FLAGS'] = ' '.join(_flags + [_DEVICE_FLAG])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# A persistent XLA compilation cache shared by this session's tests and every `mmjax`
+# subprocess they start (which inherit the environment): the same small steps compile once.
+# .ci/run sets one directory for all of its pytest steps; otherwise a fresh one per session,
+# so a stale cache never outlives the code that filled it.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mmjax-test-xla-cache-')
+    atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+# Cache every compile worth reading back (JAX's default skips those under 1 s).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
