@@ -24,7 +24,87 @@ CHOICES = {
     "optim.decay": ("cosine", "linear", "constant"),
     "data.tokenizer": ("clip_bpe", "wordpiece"),
     "data.crop": ("random_resized", "resize", "center"),
+    "data.image_channels": (1, 3),
+    "model.image.pool": ("cls", "mean"),
+    "model.text.pool": ("eot", "first", "mean"),
+    "model.image.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
+    "model.text.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
+    "model.classify.tower": ("image", "text"),
+    "train.early_stop.mode": ("max", "min"),
 }
+
+# The declared range of every numeric option, checked by validate(): an interval ('[' / ']'
+# include the bound, '(' / ')' exclude it), after 'int' for whole numbers; 'None or' also
+# allows None, '-1 or' also allows -1 (fill with the rest). A tuple value is checked entry by
+# entry; '*' matches any name (the entries of `evals`).
+RANGES = {
+    "seed": "int [0, inf)",
+    "model.embed_dim": "int [1, inf)",
+    "model.init_logit_bias": "None or (-inf, inf)",
+    **{f"model.{tower}.{key}": "int [1, inf)" for tower in ("image", "text")
+       for key in ("width", "depth", "num_heads", "mlp_dim")},
+    "model.image.patch_size": "int [1, inf)",
+    "model.image.norm_eps": "(0, inf)",
+    "model.text.vocab_size": "int [1, inf)",
+    "model.text.context_length": "int [2, inf)",      # room for the start and end tokens
+    "model.text.type_vocab_size": "int [0, inf)",
+    "model.text.pad_id": "int [0, inf)",
+    "model.text.norm_eps": "(0, inf)",
+    "model.mlm.max_predictions": "int [1, inf)",
+    "model.mlm.mask_rate": "(0, 1]",
+    "model.mlm.weight": "[0, inf)",
+    "model.classify.num_classes": "int [2, inf)",
+    "model.classify.text_length": "int [0, inf)",     # 0: model.text.context_length
+    "data.image_size": "int [1, inf)",
+    "data.crop_scale": "(0, 1]",
+    "data.crop_ratio": "(0, inf)",
+    "data.mean": "[0, 1]",
+    "data.std": "(0, inf)",
+    "data.worker_count": "int [0, inf)",
+    "data.max_bad_fraction": "[0, 1]",
+    "train.steps": "int [1, inf)",
+    "train.batch_size": "int [1, inf)",
+    "train.log_every": "int [1, inf)",
+    "train.eval_every": "int [0, inf)",               # 0: after the last step only
+    "train.checkpoint_every": "int [1, inf)",
+    "train.grad_accum_steps": "int [1, inf)",
+    "train.early_stop.patience": "int [0, inf)",      # 0: off
+    "optim.lr": "(0, inf)",
+    "optim.warmup_steps": "int [0, inf)",
+    "optim.end_lr_ratio": "[0, 1]",
+    "optim.weight_decay": "[0, inf)",
+    "optim.b1": "[0, 1)",
+    "optim.b2": "[0, 1)",
+    "optim.eps": "(0, inf)",
+    "optim.clip_norm": "[0, inf)",                    # 0: no clipping
+    "optim.max_skipped_steps": "int [0, inf)",
+    "optim.layer_decay": "(0, 1]",
+    "optim.head_lr_mult": "(0, inf)",
+    "optim.trainable_top_layers": "int [0, inf)",     # 0: every layer
+    "optim.unfreeze_every": "int [0, inf)",           # 0: off
+    "eval.batch_size": "int [1, inf)",
+    "eval.seed": "int [0, inf)",
+    "evals.*.batch_size": "int [1, inf)",
+    "evals.*.every": "int [0, inf)",
+    "evals.*.seed": "int [0, inf)",
+    "checkpoint.keep": "int [0, inf)",                # 0: keep every step
+    "checkpoint.keep_period": "int [0, inf)",
+    **{f"mesh.{axis}": "-1 or int [1, inf)" for axis in ("data", "fsdp", "tensor")},
+    **{f"mesh.dcn_{axis}": "int [1, inf)" for axis in ("data", "fsdp", "tensor")},
+}
+# Options that hold a (low, high) pair.
+PAIRS = ("data.crop_scale", "data.crop_ratio")
+# (key, relation, other key): each key's value must stand in that relation to the other's.
+RELATIONS = (
+    ("train.grad_accum_steps", "divides", "train.batch_size"),
+    ("model.image.num_heads", "divides", "model.image.width"),
+    ("model.text.num_heads", "divides", "model.text.width"),
+    ("model.classify.text_length", "<=", "model.text.context_length"),
+)
+# Keys a config file may set in a group although defaults() has no value for them.
+OPTIONAL_KEYS = {"model.text": ("pad_id",)}
+# Groups whose entries are named by the user (not checked against defaults()).
+OPEN_GROUPS = ("evals",)
 
 
 def default_config_path() -> str:
@@ -113,33 +193,130 @@ def parse_mixture(text: str) -> list[tuple[str, float]]:
     """`data.train`, 'NAME' or 'NAME:0.7,OTHER:0.3' -> [(name, weight)] (weights normalised)."""
     parts = []
     for item in (t.strip() for t in str(text).split(",") if t.strip()):
-        name, _, weight = item.rpartition(":")
+        name, colon, weight = (t.strip() for t in item.rpartition(":"))
+        if colon and not weight:
+            raise ConfigError(f"data.train={text!r}: {item!r} has an empty weight; write "
+                              f"'{name}:0.3' (a positive number) or '{name}' (weight 1)")
         try:
             parts.append((name, float(weight)))
         except ValueError:  # no weight (or 'module:Class'): weight 1
             parts.append((item, 1.0))
-    if not parts or any(w <= 0 for _, w in parts):
+    for name, weight in parts:
+        if not name:
+            raise ConfigError(f"data.train={text!r}: an entry with weight {weight} names no "
+                              f"dataset; write a mixture as 'NAME:0.7,OTHER:0.3'")
+        if not 0 < weight < float("inf"):
+            raise ConfigError(f"data.train={text!r}: dataset {name!r} has weight {weight}; name "
+                              f"a dataset, or a mixture 'NAME:0.7,OTHER:0.3' with positive weights")
+    if not parts:
         raise ConfigError(f"data.train={text!r}: name a dataset, or a mixture "
                           f"'NAME:0.7,OTHER:0.3' with positive weights")
     total = sum(w for _, w in parts)
     return [(n, w / total) for n, w in parts]
 
 
+def _values(config, pattern):
+    """(dotted key, value) of each key `pattern` matches ('*': any name at that level)."""
+    nodes = [("", config)]
+    for name in pattern.split("."):
+        nodes = [(f"{key}{k}.", child) for key, node in nodes
+                 if isinstance(node, (ml_collections.ConfigDict, dict))
+                 for k, child in node.items() if name in ("*", k)]
+    return [(key[:-1], value) for key, value in nodes]
+
+
+_WORDS = {"(0, inf)": "positive", "[1, inf)": "positive", "[0, inf)": "non-negative"}
+
+
+def _range_error(value, spec):
+    """Why `value` is outside the declared range `spec` (see RANGES), or None if it is in it."""
+    rest, allow = spec, set()
+    for word in ("None or ", "-1 or ", "int "):
+        if rest.startswith(word):
+            allow.add(word.split()[0])
+            rest = rest.removeprefix(word)
+    if value is None and "None" in allow or value == -1 and "-1" in allow:
+        return None
+    if value is None or isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if "int" in allow and not isinstance(value, int):
+        return "must be an int"
+    low, high = (float(b) for b in rest[1:-1].split(","))
+    above = low <= value if rest[0] == "[" else low < value
+    below = value <= high if rest[-1] == "]" else value < high
+    also = " or ".join(sorted(allow - {"int"}, reverse=True))
+    return None if above and below else (f"must be {also + ' or ' if also else ''}"
+                                         f"{_WORDS.get(rest, 'in ' + rest)}")
+
+
+def _check_ranges(config):
+    for pattern, spec in RANGES.items():
+        for key, value in _values(config, pattern):
+            entries = value if isinstance(value, (tuple, list)) else (value,)
+            errors = [e for e in (_range_error(v, spec) for v in entries) if e]
+            if errors:
+                each = " (each entry)" if isinstance(value, (tuple, list)) else ""
+                raise ConfigError(f"config key {key!r} {errors[0]}{each}, got {value!r}; "
+                                  f"valid: {spec}")
+    for key in PAIRS:
+        pair = _get(config, key)
+        if pair is not None and (len(pair) != 2 or pair[0] > pair[1]):
+            raise ConfigError(f"config key {key!r} is {pair!r}; valid: a pair (low, high) "
+                              f"with low <= high, each in {RANGES[key]}")
+
+
+def _divisors(n, most=8):
+    found = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(map(str, found if len(found) <= most else found[:most - 1] + ["...", n]))
+
+
+def _check_relations(config):
+    for key, relation, other in RELATIONS:
+        value, bound = _get(config, key), _get(config, other)
+        if value is None or bound is None:
+            continue
+        if relation == "divides" and bound % value:
+            raise ConfigError(f"config key {key!r} is {value}, which does not divide "
+                              f"{other}={bound}; valid: a divisor of {bound} ({_divisors(bound)})")
+        if relation == "<=" and value > bound:
+            raise ConfigError(f"config key {key!r} is {value}, more than {other}={bound}; "
+                              f"valid: {RANGES[key].removesuffix('inf)')}{bound}]")
+
+
+def _check_known_keys(config, reference, prefix=""):
+    """Every key of `config` is one defaults() has (or OPTIONAL_KEYS names): a misspelt key
+    in a config file would otherwise be set and never read."""
+    group = prefix.removesuffix(".")
+    for name in config.keys():
+        key = prefix + name
+        if name not in reference:
+            if name in OPTIONAL_KEYS.get(group, ()):
+                continue
+            valid = sorted(set(reference.keys()) | set(OPTIONAL_KEYS.get(group, ())))
+            raise ConfigError(f"unknown config key {key!r}: {group or 'the top level'} has no "
+                              f"{name!r}; valid keys there: {', '.join(valid)}")
+        if (key not in OPEN_GROUPS and isinstance(config[name], ml_collections.ConfigDict)
+                and isinstance(reference[name], ml_collections.ConfigDict)):
+            _check_known_keys(config[name], reference[name], key + ".")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the keys every tool relies on and the closed choices."""
+    """Checks the keys every tool relies on, that every key is a known one, the closed
+    choices, the declared range of every numeric option (RANGES, PAIRS, RELATIONS) and the
+    plug-in names. Each failure is one ConfigError naming the key, the value and what is valid."""
     for key in ("seed", "task", "train.steps", "train.batch_size", "train.log_every",
                 "train.eval_every", "train.checkpoint_every", "mesh.data", "mesh.fsdp",
                 "mesh.tensor"):
         if _get(config, key) is None:
             raise ConfigError(f"config is missing required key {key!r}")
+    _check_known_keys(config, defaults())
     for key, valid in CHOICES.items():
         value = _get(config, key)
-        if value is not None and value not in valid:
+        if value is not None and (value not in valid or isinstance(value, bool)):
             raise ConfigError(f"config key {key!r} is {value!r}; valid choices: "
                               f"{', '.join(map(str, valid))}")
-    for key in ("train.steps", "train.batch_size", "train.log_every"):
-        if _get(config, key) <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {_get(config, key)}")
+    _check_ranges(config)
+    _check_relations(config)
     # Plug-ins by name: the registries list the valid ones (without importing the built-ins).
     lookups = [("task", TASKS, config.task)]
     # Dataset names may also be folders in the data dir: unregistered ones are checked at

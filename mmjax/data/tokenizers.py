@@ -122,6 +122,7 @@ class WordPieceTokenizer:
             vocab[t] for t in WORDPIECE_SPECIALS)
         self.special_ids = (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
         self.bos_id, self.eos_id = self.cls_id, self.sep_id
+        self.eot_id = self.sep_id   # end-of-text: where a text tower with pool='eot' reads
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens, no padding."""

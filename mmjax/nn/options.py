@@ -59,11 +59,15 @@ class TextOptions(EncoderOptions):
     context_length: int
     width: int
     causal: bool = True
-    pool: str = "eot"            # 'eot' (largest id) | 'first' | 'mean' (over real tokens)
+    pool: str = "eot"            # 'eot' (first eot_id) | 'first' | 'mean' (over real tokens)
     embed_norm: bool = False
     final_norm: bool = True
     type_vocab_size: int = 0
     pad_id: int = 0
+    # The tokenizer's end-of-text id, which pool='eot' reads (`from_config` takes it from the
+    # tokenizer: data, not a config key). None: vocab_size - 1, CLIP's convention (its BPE's
+    # EOT is its largest id, which open_clip's argmax pooling finds).
+    eot_id: int | None = None
 
 
 def compute(model_config) -> dict:
@@ -72,12 +76,19 @@ def compute(model_config) -> dict:
     return c | dict(dtype=jnp.dtype(c["dtype"]), param_dtype=jnp.dtype(c["param_dtype"]))
 
 
-def from_config(model_config, tower: str):
-    """ViTOptions ('image') or TextOptions ('text') of `config.model`."""
+# Options a tower takes from the tokenizer, never from `config.model`.
+TOKENIZER_KEYS = {"image": (), "text": ("eot_id",)}
+
+
+def from_config(model_config, tower: str, tokenizer=None):
+    """ViTOptions ('image') or TextOptions ('text') of `config.model`; the text tower's
+    `eot_id` is `tokenizer.eot_id` (no tokenizer, or none declared: TextOptions' default)."""
     cls = {"image": ViTOptions, "text": TextOptions}[tower]
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)} - set(TOKENIZER_KEYS[tower])
     unknown = set(model_config[tower]) - fields
     if unknown:
         raise ValueError(f"model.{tower} has keys no tower option takes: {sorted(unknown)}; "
                          f"valid: {sorted(fields - set(COMPUTE_KEYS))}")
-    return cls(**model_config[tower], **compute(model_config))
+    from_tokenizer = {k: getattr(tokenizer, k) for k in TOKENIZER_KEYS[tower]
+                      if getattr(tokenizer, k, None) is not None}
+    return cls(**model_config[tower], **compute(model_config), **from_tokenizer)

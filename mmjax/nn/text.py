@@ -9,13 +9,29 @@ from mmjax.nn.options import TextOptions
 from mmjax.nn.transformer import Encoder, layer_norm
 
 
+def eot_positions(tokens, eot_id: int, pad_id: int):
+    """[b] int32: where pool='eot' reads each row of tokens [b, l], the FIRST `eot_id` in it
+    (numpy: `np.argmax(tokens == eot_id, axis=1)`). A row without one (cut short by
+    something other than our tokenizers, which always end a row with it) reads its last
+    non-padding token, the end of the text it holds; a row of padding only reads position 0.
+
+    CLIP's BPE puts EOT at its largest id, so this is `argmax(tokens)` there, as open_clip
+    pools; WordPiece's end-of-text is [SEP], which no argmax finds.
+    """
+    is_eot = tokens == eot_id
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    last_real = jnp.max(jnp.where(tokens != pad_id, positions, 0), axis=-1)
+    return jnp.where(is_eot.any(axis=-1), jnp.argmax(is_eot, axis=-1).astype(jnp.int32), last_real)
+
+
 class TextTransformer(nn.Module):
     """Tokens [b, l] -> (pooled [b, width], sequence [b, l, width]).
 
-    CLIP: causal=True, pre_norm=True, final_norm=True, pool='eot' (the position of the largest
-    id, which is end-of-text). BERT: causal=False, pre_norm=False, embed_norm=True,
-    type_vocab_size=2, pool='first' ([CLS]); padding (id `pad_id`) is masked out of attention.
-    `pooled` and `at_positions` compute the last layer only at the rows they return.
+    CLIP: causal=True, pre_norm=True, final_norm=True, pool='eot' (the first end-of-text
+    token, `opts.eot_id`: the tokenizer's, see `eot_positions`). BERT: causal=False,
+    pre_norm=False, embed_norm=True, type_vocab_size=2, pool='first' ([CLS]); padding (id
+    `pad_id`) is masked out of attention. `pooled` and `at_positions` compute the last layer
+    only at the rows they return.
     """
 
     opts: TextOptions
@@ -66,14 +82,15 @@ class TextTransformer(nn.Module):
         return self.ln_final(x) if o.final_norm else x
 
     def pool_positions(self, tokens):
-        """The one position [b, 1] that pooling reads ('eot': the largest id; 'first': 0), or
+        """The one position [b, 1] that pooling reads ('eot': `eot_positions`; 'first': 0), or
         None when it reads every position ('mean')."""
-        pool = self.opts.pool
-        if pool not in ("eot", "first", "mean"):
-            raise ValueError(f"text pool {pool!r} unknown; valid: 'eot', 'first', 'mean'")
-        if pool == "eot":
-            return jnp.argmax(tokens, axis=-1)[:, None]
-        return jnp.zeros((tokens.shape[0], 1), jnp.int32) if pool == "first" else None
+        o = self.opts
+        if o.pool not in ("eot", "first", "mean"):
+            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first', 'mean'")
+        if o.pool == "eot":
+            eot = o.vocab_size - 1 if o.eot_id is None else o.eot_id
+            return eot_positions(tokens, eot, o.pad_id)[:, None]
+        return jnp.zeros((tokens.shape[0], 1), jnp.int32) if o.pool == "first" else None
 
     def _pool(self, x, tokens):
         """Pooled features [b, width] of the whole sequence x [b, l, width]."""

@@ -32,7 +32,8 @@ class Classify(Task):
 
     def build_model(self):
         m, tower = self.config.model, self._tower()
-        module = {"image": ViT, "text": TextTransformer}[tower](options.from_config(m, tower))
+        opts = options.from_config(m, tower, self.tokenizer)   # text: the tokenizer's eot_id
+        module = {"image": ViT, "text": TextTransformer}[tower](opts)
         return Classifier(m.classify.num_classes, param_dtype=np.dtype(m.param_dtype), **{tower: module})
 
     def batch_spec(self):

@@ -25,7 +25,7 @@ class Clip(Task):
     def build_model(self, mlm_head=None):
         m = self.config.model
         return DualEncoder(ViT(options.from_config(m, "image")),
-                           TextTransformer(options.from_config(m, "text")), m.embed_dim,
+                           TextTransformer(options.from_config(m, "text", self.tokenizer)), m.embed_dim,
                            init_logit_bias=m.get("init_logit_bias"), mlm_head=mlm_head,
                            param_dtype=np.dtype(m.param_dtype))
 

@@ -51,7 +51,7 @@ class Mlm(Task):
 
     def build_model(self):
         m = self.config.model
-        return BertMlm(TextTransformer(options.from_config(m, "text")), mlm_head(m))
+        return BertMlm(TextTransformer(options.from_config(m, "text", self.tokenizer)), mlm_head(m))
 
     def batch_spec(self):
         return {"text": jax.ShapeDtypeStruct((self.config.model.text.context_length,), np.int32)}
