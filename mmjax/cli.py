@@ -74,9 +74,9 @@ def _parser():
 
 def _verify(args):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # numpy on the host: no accelerator needed
-    from mmjax import checkpoint, paths
+    from mmjax import checkpoint_verify, paths
     try:
-        result = checkpoint.verify(paths.join(args.workdir, "checkpoints"), args.step)
+        result = checkpoint_verify.verify(paths.join(args.workdir, "checkpoints"), args.step)
     except (CheckpointError, FileNotFoundError, MissingFilesystem) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2

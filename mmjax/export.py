@@ -11,10 +11,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmjax import checksums as checksum_lib
 from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
+from mmjax.checkpoint import ITEMS
 from mmjax.convert import FORMATS, hf_bert, layout, open_clip
+from mmjax.errors import CheckpointError
 
 FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
 CONFIG_FILE = "config.json"
@@ -45,19 +48,25 @@ def abstract_params(config):
 
 def read_checkpoint(workdir, step=None):
     """(config, step, params as numpy) of WORKDIR's checkpoint `step` (default: the newest),
-    with the config that checkpoint was written with."""
+    with the config that checkpoint was written with. The config and the params are checked
+    against the checksums saved with the step (one saved before checksums is only read): a
+    mismatch is a CheckpointError naming the arrays."""
     directory = paths.resolve(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: --workdir must be a directory that `mmjax train` wrote")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "data", "config"))
+                                    item_names=ITEMS)
     try:
         steps = sorted(manager.all_steps())
         if step is None and steps:
             step = steps[-1]
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint step {step} under {directory}; steps there: {steps}")
+        checksums = checksum_lib.saved(manager, directory, step)
         saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        if not checksum_lib.item_matches(checksums, "config", saved):
+            raise _corrupt(workdir, directory, step, "the 'config' item does not match the "
+                                                     "checksum saved with it")
         config = config_lib.from_dict(saved)
         target = {"params": layout.unflatten(abstract_params(config))}  # host numpy: no shardings
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -65,7 +74,18 @@ def read_checkpoint(workdir, step=None):
             partial_restore=True)))["state"]
     finally:
         manager.close()
-    return config, step, jax.tree.map(np.asarray, state["params"])
+    params = jax.tree.map(np.asarray, state["params"])
+    bad = checksum_lib.mismatched(checksums, checksum_lib.host_checksums({"params": params})
+                                  if checksums is not None else {})
+    if bad:
+        raise _corrupt(workdir, directory, step, checksum_lib.describe_mismatch(bad))
+    return config, step, params
+
+
+def _corrupt(workdir, directory, step, what):
+    return CheckpointError(f"checkpoint step {step} under {directory} is corrupt: {what}. "
+                           f"`mmjax verify --workdir {workdir}` checks every step; take an "
+                           f"intact older one with --step N")
 
 
 def save_params(out, config, params):

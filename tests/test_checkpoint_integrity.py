@@ -1,9 +1,11 @@
 """Hidden corruption: flipped bytes in a step's array data are caught by the checksums saved
-with it (the fallback path of an unreadable step), and `mmjax verify` names the array."""
+with it (the fallback path of an unreadable step), `mmjax verify` names the array, and an
+export refuses the step."""
 
 import hashlib
 import json
 import logging
+import shutil
 
 import jax
 import ml_collections
@@ -12,8 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from mmjax import checkpoint, cli, sharding
+from mmjax import checksums, cli, export, sharding
 from mmjax.checkpoint import Checkpointer
+from mmjax.errors import CheckpointError
 from mmjax.train.setup import setup
 from tiny_configs import TOKENIZER, tiny_config
 
@@ -53,10 +56,10 @@ def _indirect_values(state_dir):
     return list(walk(ts.ocdbt.dump(kv).result()["versions"][-1]["root"]["location"]))
 
 
-def _flip_bytes_in_the_largest_array_file(step_dir, count=64):
+def _flip_bytes_in_the_largest_array_file(step_dir, count=64, under=""):
     """Flips `count` bytes in the middle of the largest array chunk of the step's largest data
-    file; returns that array's name."""
-    values = _indirect_values(step_dir / "state")
+    file (of the arrays whose names start with `under`); returns that array's name."""
+    values = [v for v in _indirect_values(step_dir / "state") if v[0].startswith(under)]
     largest = max({path for _, path, _, _ in values}, key=lambda p: p.stat().st_size)
     name, path, offset, length = max((v for v in values if v[1] == largest), key=lambda v: v[3])
     data = bytearray(path.read_bytes())
@@ -78,8 +81,11 @@ def _verify(workdir, capsys, *extra):
     return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_flipped_bytes_fall_back_to_the_previous_step_and_verify_names_the_array(
-        tmp_path, capsys, caplog):
+@pytest.fixture
+def corrupted(tmp_path):
+    """Steps 2, 4 and 6 of a tiny CLIP under tmp_path/checkpoints, with bytes flipped in a
+    parameter of step 6: (config, the abstract state it was saved from, {step: state}, the
+    flipped array's name)."""
     config = tiny_config()
     saved_on = _abstract(config, devices=1)       # chunks over 1 KiB: stored outside the b-tree
     states = {step: _state(saved_on, step) for step in (2, 4, 6)}
@@ -88,13 +94,19 @@ def test_flipped_bytes_fall_back_to_the_previous_step_and_verify_names_the_array
     for step, state in states.items():
         ckpt.save(step, state, DATA)
     ckpt.close()
+    return config, saved_on, states, _flip_bytes_in_the_largest_array_file(directory / "6",
+                                                                           under="params/")
 
-    name = _flip_bytes_in_the_largest_array_file(directory / "6")
+
+def test_flipped_bytes_fall_back_to_the_previous_step_and_verify_names_the_array(
+        tmp_path, capsys, caplog, corrupted):
+    config, saved_on, states, name = corrupted
+    directory = tmp_path / "checkpoints"
     # The corruption is hidden: orbax reads the step without an error and gets other values.
     with ocp.StandardCheckpointer() as plain:
         read = plain.restore(directory / "6" / "state", saved_on)
     flat, saved = (jax.tree_util.tree_flatten_with_path(tree)[0] for tree in (read, states[6]))
-    assert [checkpoint.array_name(p) for (p, x), (_, y) in zip(flat, saved)
+    assert [checksums.array_name(p) for (p, x), (_, y) in zip(flat, saved)
             if not np.array_equal(x, y)] == [name]
 
     before = _snapshot(tmp_path)
@@ -120,6 +132,24 @@ def test_flipped_bytes_fall_back_to_the_previous_step_and_verify_names_the_array
     assert kept.name.startswith("6-") and (kept / "state").is_dir()   # kept for inspection
     code, report = _verify(tmp_path, capsys)
     assert code == 0 and report["ok"] and [s["step"] for s in report["steps"]] == [2, 4]
+
+
+def test_an_export_of_a_corrupted_step_names_the_array_and_older_checkpoints_export(
+        tmp_path, capsys, corrupted):
+    _, _, states, name = corrupted
+    out = tmp_path / "export"
+    code = cli.main(["export", "--workdir", str(tmp_path), "--format", "params", "--out", str(out)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and not out.exists()
+    assert error.startswith("mmjax: error: checkpoint step 6 ") and name in error, error
+    assert "mmjax verify --workdir" in error and "--step" in error, error
+    config, step, params = export.read_checkpoint(tmp_path, step=4)   # an intact older step
+    assert step == 4
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)),
+                 params, states[4].params)
+    # A step saved before checksums existed exports as it reads: nothing to check it against.
+    shutil.rmtree(tmp_path / "checkpoints" / "6" / "checksums")
+    assert export.read_checkpoint(tmp_path)[1] == 6
 
 
 # Orbax's failed reads leave TensorStore callbacks aimed at its closed event loop (also
@@ -150,7 +180,7 @@ def test_checksums_agree_across_meshes_and_verify_names_bad_items_and_unreadable
     code, report = _verify(tmp_path, capsys)
     assert code == 1 and report["steps"][0]["bad_items"] == ["data"]
     ckpt = Checkpointer(directory, config, read_only=True)
-    with pytest.raises(checkpoint.CheckpointError, match="'data' item does not match"):
+    with pytest.raises(CheckpointError, match="'data' item does not match"):
         ckpt.restore(one)
     ckpt.close()
     name, path, offset, _ = max(_indirect_values(directory / "3" / "state"), key=lambda v: v[3])
