@@ -14,9 +14,11 @@ fi
 nproc=$1; ndev=$2; shift 2
 port=${MMJAX_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 logdir=${MMJAX_LOG_DIR:-/tmp}
+# The caller's other XLA flags are kept; the device count is this script's.
+flags=$(echo " ${XLA_FLAGS:-}" | sed -E 's/ --xla_force_host_platform_device_count=[0-9]+//g')
 pids=()
 for ((i = 0; i < nproc; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=$ndev" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="$flags --xla_force_host_platform_device_count=$ndev" JAX_PLATFORMS=cpu \
   MMJAX_COORDINATOR="127.0.0.1:$port" MMJAX_NUM_PROCESSES=$nproc MMJAX_PROCESS_ID=$i \
     python -m mmjax.cli "$@" > "$logdir/mmjax_proc_$i.log" 2>&1 &
   pids+=($!)

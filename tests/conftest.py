@@ -3,9 +3,13 @@
 import os
 
 _DEVICE_FLAG = '--xla_force_host_platform_device_count=8'
+# XLA:CPU aborts a process whose simulated devices do not all reach a collective within 40 s;
+# on 2 busy cores (two test workers, each with `mmjax` subprocesses) they can be later than that.
+_TIMEOUT_FLAG = '--xla_cpu_collective_call_terminate_timeout_seconds=600'
 _flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
-          if not f.startswith('--xla_force_host_platform_device_count')]
-os.environ['XLA_FLAGS'] = ' '.join(_flags + [_DEVICE_FLAG])
+          if not f.startswith(('--xla_force_host_platform_device_count',
+                               '--xla_cpu_collective_call_terminate_timeout_seconds'))]
+os.environ['XLA_FLAGS'] = ' '.join(_flags + [_TIMEOUT_FLAG, _DEVICE_FLAG])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # A persistent XLA compilation cache shared by this session's tests and every `mmjax`
 # subprocess they start (which inherit the environment): the same small steps compile once.
@@ -24,6 +28,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+import filelock  # noqa: E402
 import pytest  # noqa: E402
 
 SMOKE_CLIP_STEPS = 60
@@ -39,13 +44,44 @@ def run_mmjax(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def shared_dir(tmp_path_factory, name):
+    """(folder, lock) shared by every pytest-xdist worker of this session (the workers' temp
+    folders sit side by side under one root): what one worker makes there, the others reuse."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    return root / name, filelock.FileLock(str(root / f"{name}.lock"))
+
+
 @pytest.fixture(scope="session")
 def trained_smoke_clip(tmp_path_factory):
     """The smoke CLIP (one-channel digits) trained SMOKE_CLIP_STEPS steps by `mmjax train`,
-    well above chance, shared by the export and evaluation parity tests: (workdir, data_dir)."""
-    data_dir, workdir = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("run")
+    well above chance, shared by the export and evaluation parity tests (trained once per
+    session, whichever worker asks first): (workdir, data_dir). Tests may add datasets to the
+    data dir; none changes the run."""
+    folder, lock = shared_dir(tmp_path_factory, "trained_smoke_clip")
+    data_dir, workdir = folder / "data", folder / "run"
+    with lock:
+        if not (folder / "done").exists():
+            _train_smoke_clip(data_dir, workdir)
+            (folder / "done").touch()
+    return str(workdir), str(data_dir)
+
+
+def _train_smoke_clip(data_dir, workdir):
     run_mmjax("train", "--config", "configs/smoke_clip.py", "--workdir", str(workdir), "--data_dir",
               str(data_dir), f"--config.train.steps={SMOKE_CLIP_STEPS}", "--config.train.batch_size=64",
               f"--config.train.log_every={SMOKE_CLIP_STEPS}", "--config.train.eval_every=1000",
               "--config.optim.warmup_steps=5")
-    return str(workdir), str(data_dir)
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts): tests are spread one by one
+    over the workers, except that a module whose tests share a module-scoped fixture (a trained
+    run, a built data dir) keeps them on one worker, so that fixture is made once."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        shared = defs and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values())
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

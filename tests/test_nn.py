@@ -28,6 +28,11 @@ def _text(**kw):
     return TextTransformer(TextOptions(**kw))
 
 
+def init_params(module, *args, **kw):
+    """Unboxed params of one jitted init: an eager init dispatches (and compiles) op by op."""
+    return jax.jit(lambda *a: nn.unbox(module.init(jax.random.PRNGKey(0), *a, **kw)["params"]))(*args)
+
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -60,7 +65,7 @@ def test_attention_module_matches_numpy_projections():
     x = np.random.default_rng(1).normal(size=(2, 5, 12)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
     module = Attention(num_heads=3)
-    params = nn.unbox(module.init(jax.random.PRNGKey(0), x, mask)["params"])
+    params = init_params(module, x, mask)
     params = jax.tree.map(lambda p: p + 0.1 * np.random.default_rng(2).normal(size=p.shape), params)
     got = module.apply({"params": params}, x, mask)
     p = jax.tree.map(np.asarray, params)
@@ -92,16 +97,16 @@ def test_scan_and_unrolled_give_the_same_outputs(pre_norm, causal, remat):
     mask = np.array([[1] * 6, [1] * 3 + [0] * 3], bool)
     kw = dict(depth=3, num_heads=2, mlp_dim=32, pre_norm=pre_norm, causal=causal, remat=remat)
     unrolled = _encoder(scan=False, **kw)
-    params = nn.unbox(unrolled.init(jax.random.PRNGKey(0), x, mask)["params"])
+    params = init_params(unrolled, x, mask)
     scanned = _encoder(scan=True, **kw)
     stacked = _stack_layers(params, 3)
     assert jax.tree.structure(stacked) == jax.tree.structure(
-        nn.unbox(scanned.init(jax.random.PRNGKey(0), x, mask)["params"]))
-    want = unrolled.apply({"params": params}, x, mask)
-    np.testing.assert_allclose(scanned.apply({"params": stacked}, x, mask), want, **TOL)
+        init_params(scanned, x, mask))
+    want = jax.jit(unrolled.apply)({"params": params}, x, mask)
+    np.testing.assert_allclose(jax.jit(scanned.apply)({"params": stacked}, x, mask), want, **TOL)
     # and gradients agree too (remat must not change them)
-    g_unrolled = jax.grad(lambda p: unrolled.apply({"params": p}, x, mask).sum())(params)
-    g_scanned = jax.grad(lambda p: scanned.apply({"params": p}, x, mask).sum())(stacked)
+    g_unrolled = jax.jit(jax.grad(lambda p: unrolled.apply({"params": p}, x, mask).sum()))(params)
+    g_scanned = jax.jit(jax.grad(lambda p: scanned.apply({"params": p}, x, mask).sum()))(stacked)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  _stack_layers(g_unrolled, 3), g_scanned)
 
@@ -118,7 +123,7 @@ def test_text_tower_eot_pooling_and_causality():
     tower = _text(vocab_size=50, context_length=8, width=16, depth=2, num_heads=2,
                             mlp_dim=32, causal=True, pool="eot", scan=False)
     tokens = np.array([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0]], np.int32)
-    params = nn.unbox(tower.init(jax.random.PRNGKey(0), tokens)["params"])
+    params = init_params(tower, tokens)
     pooled, seq = tower.apply({"params": params}, tokens)
     np.testing.assert_allclose(pooled, seq[np.arange(2), [3, 5]], **TOL)
     # causal: changing tokens after EOT changes nothing at or before it
@@ -133,7 +138,7 @@ def test_bidirectional_text_tower_ignores_padding():
                             mlp_dim=32, causal=False, pool="first", pre_norm=False,
                             embed_norm=True, final_norm=False, type_vocab_size=2, scan=False)
     tokens = np.array([[2, 5, 6, 3, 0, 0, 0, 0]], np.int32)
-    params = nn.unbox(tower.init(jax.random.PRNGKey(0), tokens)["params"])
+    params = init_params(tower, tokens)
     pooled, seq = tower.apply({"params": params}, tokens)
     np.testing.assert_allclose(pooled, seq[:, 0], **TOL)
     # real tokens attend only to real tokens: truncating the padding changes nothing
@@ -145,7 +150,7 @@ def test_bidirectional_text_tower_ignores_padding():
 def test_vit_shapes(pool):
     vit = _vit(patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, pool=pool, scan=False)
     images = np.random.default_rng(5).normal(size=(3, 8, 12, 2)).astype(np.float32)
-    params = nn.unbox(vit.init(jax.random.PRNGKey(0), images)["params"])
+    params = init_params(vit, images)
     assert params["pos_embedding"].shape == ((2 * 3) + (pool == "cls"), 16)
     assert ("cls_token" in params) == (pool == "cls")
     assert vit.apply({"params": params}, images).shape == (3, 16)
@@ -179,7 +184,7 @@ def test_vit_patch_embedding_is_open_clips_conv_over_row_major_patches():
         for x in range(p):
             for ch in range(c):
                 kernel[(y * p + x) * c + ch] = conv_weight[:, ch, y, x]
-    params = nn.unbox(vit.init(jax.random.PRNGKey(0), images)["params"])
+    params = init_params(vit, images)
     params["patch_embed"]["kernel"] = jnp.asarray(kernel)
     _, state = vit.apply({"params": params}, images, capture_intermediates=True,
                          mutable=["intermediates"])
@@ -197,7 +202,7 @@ def _tiny_clip(**kw):
 def test_dual_encoder_logit_scale_init_clamp_and_normalised_embeddings():
     model = _tiny_clip()
     images, tokens = np.zeros((2, 8, 8, 1), np.float32), np.array([[48, 3, 49, 0] * 2] * 2, np.int32)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens)["params"])
+    params = init_params(model, images, tokens)
     np.testing.assert_allclose(params["logit_scale"], np.log(1 / 0.07), rtol=1e-6)
     zimg, ztxt, scale, bias = model.apply({"params": params}, images, tokens)
     np.testing.assert_allclose(np.linalg.norm(zimg, axis=-1), 1, rtol=1e-5)
@@ -207,7 +212,7 @@ def test_dual_encoder_logit_scale_init_clamp_and_normalised_embeddings():
     params["logit_scale"] = jnp.asarray(10.0)  # exp(10) >> 100
     assert float(model.apply({"params": params}, images, tokens)[2]) == 100.0
     siglip = _tiny_clip(init_logit_bias=-10.0)
-    p = nn.unbox(siglip.init(jax.random.PRNGKey(0), images, tokens)["params"])
+    p = init_params(siglip, images, tokens)
     assert float(siglip.apply({"params": p}, images, tokens)[3]) == -10.0
 
 
@@ -217,7 +222,7 @@ def test_bfloat16_compute_keeps_float32_params():
                         _text(vocab_size=50, context_length=8, width=16, depth=1, num_heads=2,
                                         mlp_dim=32, dtype=jnp.bfloat16, scan=True), embed_dim=8)
     images, tokens = np.zeros((2, 8, 8, 1), np.float32), np.array([[48, 3, 49, 0] * 2] * 2, np.int32)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens)["params"])
+    params = init_params(model, images, tokens)
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
     seq = model.apply({"params": params}, tokens, method=lambda m, t: m.text(t)[1])
     assert seq.dtype == jnp.bfloat16
@@ -245,7 +250,7 @@ def test_text_tower_mean_pooling_averages_the_real_tokens():
     tower = _text(vocab_size=50, context_length=8, width=16, depth=1, num_heads=2, mlp_dim=32,
                   causal=False, pool="mean", scan=False)
     tokens = np.array([[2, 5, 6, 3, 0, 0, 0, 0], [2, 7, 8, 9, 10, 11, 12, 3]], np.int32)
-    params = nn.unbox(tower.init(jax.random.PRNGKey(0), tokens)["params"])
+    params = init_params(tower, tokens)
     pooled, seq = tower.apply({"params": params}, tokens)
     np.testing.assert_allclose(pooled[0], np.asarray(seq[0, :4]).mean(0), **TOL)
     np.testing.assert_allclose(pooled[1], np.asarray(seq[1]).mean(0), **TOL)

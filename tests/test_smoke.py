@@ -13,13 +13,24 @@ TINY = ["--config.model.image.depth=1", "--config.model.text.depth=1", "--config
         "--config.train.batch_size=32"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data"))
+    """The digits built once for the session's smoke runs (whichever xdist worker comes first),
+    so no two runs build one dataset at the same time; the MLM run adds the prose."""
+    from conftest import shared_dir
+    from mmjax.data import builders
+    folder, lock = shared_dir(tmp_path_factory, "smoke_data")
+    with lock:
+        if not (folder / "done").exists():
+            builders.prepare("digit_captions", str(folder))
+            (folder / "done").touch()
+    return str(folder)
 
 
 def _mmjax(*args, devices=1, env_extra=None, cwd=ROOT):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
                JAX_PLATFORMS="cpu", **(env_extra or {}))
     out = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=1800)
@@ -40,7 +51,8 @@ def _data_files(data_dir):
     return {p: os.path.getmtime(os.path.join(r, p)) for r, _, files in os.walk(data_dir) for p in files}
 
 
-def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_path, data_dir):
+def test_train_writes_metrics_tensorboard_checkpoints_and_eval_reads_them(tmp_path):
+    data_dir = str(tmp_path / "data")   # its own: the run builds the digits, eval must not
     # A relative --workdir (orbax itself wants absolute paths).
     out = _mmjax("train", "--workdir", "run", "--data_dir", data_dir, *TINY, "--config.train.steps=6",
                  "--config.train.log_every=2", "--config.train.eval_every=3",
