@@ -74,14 +74,3 @@ def _train_smoke_clip(data_dir, workdir):
               f"--config.train.log_every={SMOKE_CLIP_STEPS}", "--config.train.eval_every=1000",
               "--config.optim.warmup_steps=5")
 
-
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts): tests are spread one by one
-    over the workers, except that a module whose tests share a module-scoped fixture (a trained
-    run, a built data dir) keeps them on one worker, so that fixture is made once."""
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        shared = defs and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values())
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
