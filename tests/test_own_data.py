@@ -144,6 +144,9 @@ def test_text_files_train_mlm_with_packing(env, tmp_path):
     out = _mmjax('train', '--config', 'configs/smoke_mlm.py', '--workdir', str(workdir), *data,
                  '--config.data.train=plays', '--config.data.pack=True',
                  '--config.train.steps=500', '--config.train.eval_every=500',
+                 # the smoke config's earlier schedule, which this bar was set with
+                 '--config.train.batch_size=64', '--config.optim.lr=2e-3',
+                 '--config.optim.warmup_steps=100',
                  '--config.evals.mlm.dataset=plays', '--config.evals.mlm.split=validation',
                  env=env)
     results = json.loads(out.strip().splitlines()[-1])
