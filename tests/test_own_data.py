@@ -92,7 +92,11 @@ def sources(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-    return dict(os.environ, JAX_PLATFORMS='cpu',
+    # One CPU device per run, as a user runs it (8 simulated devices' in-process collectives
+    # stalled this packed-MLM run next to another multi-device run on 2 cores).
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+             if not f.startswith('--xla_force_host_platform_device_count')]
+    return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(flags),
                 MMJAX_DATA=str(tmp_path_factory.mktemp('data')))
 
 
