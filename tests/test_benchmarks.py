@@ -226,10 +226,10 @@ def test_big_vision_peer_matches_the_shapes_and_runs_a_step():
 
 def _peer_or_skip(monkeypatch, config, impl, package):
     """The peer's own benchmark step (benchmarks.peers.BUILDERS), its torch model and the
-    losses its steps compute: (step, model, losses). Skips a peer whose package is not
-    installed (CI installs open_clip and transformers: tests/test_convert.py needs them)."""
+    losses its steps compute: (step, model, losses). The test install always has open_clip
+    and transformers, so a missing one is a broken install: a failure, never a skip."""
     if importlib.util.find_spec(package) is None:
-        pytest.skip(f"peer {impl} not installed: no {package}")
+        pytest.fail(f"peer {impl} not installed: no {package}; run launch/install.sh test")
     captured, losses, real = {}, [], peers.torch_peer
 
     def torch_peer(config, model, loss_fn, batches, compiled):
