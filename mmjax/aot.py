@@ -290,7 +290,7 @@ def step_time(flops, devices, mfu):
     chips' data-sheet bf16 peak (mmjax/train/mfu.py)."""
     from mmjax.train.mfu import chip_peak
     peak_flops, _ = chip_peak(devices[0], "bfloat16")
-    if not flops:
+    if not (flops and peak_flops):
         return dict(flops_per_step=None, step_time_bound_s=None, mfu=mfu, step_time_at_mfu_s=None)
     bound = flops / (len(devices) * peak_flops)
     return dict(flops_per_step=int(flops), step_time_bound_s=bound, mfu=mfu,

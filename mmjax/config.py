@@ -69,6 +69,7 @@ RANGES = {
     "train.checkpoint_every": "int [1, inf)",
     "train.grad_accum_steps": "int [1, inf)",
     "train.early_stop.patience": "int [0, inf)",      # 0: off
+    "train.peak_flops_per_chip": "[0, inf)",          # 0: data sheet / CPU calibration
     "optim.lr": "(0, inf)",
     "optim.warmup_steps": "int [0, inf)",
     "optim.end_lr_ratio": "[0, 1]",
@@ -404,7 +405,11 @@ def defaults() -> ml_collections.ConfigDict:
                    grad_accum_steps=1,
                    # Stop when `metric` (an evaluator's key) has not improved for `patience`
                    # evaluations; the best params are kept in WORKDIR/best (train/early_stop.py).
-                   early_stop=dict(metric="", mode="max", patience=0))
+                   early_stop=dict(metric="", mode="max", patience=0),
+                   # train/mfu's denominator, one chip's bf16 dense peak FLOP/s; 0: the data
+                   # sheet of the device kind, or on CPU one calibration stored per CPU
+                   # (mmjax/train/mfu.py). A device kind it does not know gets no MFU.
+                   peak_flops_per_chip=0.0)
     # skip_nonfinite: an update with NaN/inf gradients is skipped and counted; more than
     # max_skipped_steps in a row stop the run (its checkpoints hold finite parameters).
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,

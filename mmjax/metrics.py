@@ -1,8 +1,10 @@
 """Metric writers: metrics.jsonl, TensorBoard events, and a console progress bar."""
 
+import contextlib
 import json
 import time
 
+import jax
 import numpy as np
 import tqdm
 
@@ -119,7 +121,8 @@ def drop_records_after(path, step):
 
 
 class Throughput:
-    """Examples per second between two calls (one host sync per logged step, not per step)."""
+    """Examples per second of training between two calls (one host sync per logged step, not
+    per step): time spent `paused` (evaluating, saving) is left out."""
 
     def __init__(self, batch_size):
         self.batch_size = batch_size
@@ -130,6 +133,18 @@ class Throughput:
         rate = 0.0 if self.step is None else self.batch_size * (step - self.step) / (now - self.time)
         self.time, self.step = now, step
         return rate
+
+    @contextlib.contextmanager
+    def paused(self, pending=None):
+        """Leaves the time inside the block out of the rate; `pending` (the train state) is
+        waited for first, so steps still running on the device count as training."""
+        if pending is not None:
+            jax.block_until_ready(pending)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.time += time.perf_counter() - start
 
 
 def _scalar(value):

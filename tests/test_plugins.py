@@ -3,6 +3,7 @@
 
 import json
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -237,3 +238,54 @@ def test_retrieval_recall_with_several_captions_per_image_by_hand():
     # Word-for-word equal captions are one answer: if b2 reads "a1", it is right for A.
     same = recall_at_k(images, texts, image_of_text, ["a1", "a2", "b1", "a1"], ks=(1,))
     assert same == {"i2t_r1": 1.0, "t2i_r1": 0.75}
+
+
+class EvaluatorFailed(RuntimeError):
+    pass
+
+
+@EVALUATORS.register("toy_failing")
+class Failing(Evaluator):
+    """Raises at every evaluation: a broken evaluator, or one whose dataset went missing."""
+
+    def run(self, params):
+        raise EvaluatorFailed("evaluation failed")
+
+
+def test_a_failing_evaluator_loses_no_checkpoint_not_even_the_last(tmp_path):
+    config = _config()
+    config.train.update(steps=20, log_every=10, eval_every=20, checkpoint_every=20)
+    config.evals = {"broken": dict(type="toy_failing", dataset="toy_brightness")}
+    workdir = str(tmp_path / "run")
+    with pytest.raises(EvaluatorFailed):
+        train(config, workdir, str(tmp_path / "data"))
+    run = setup(config, tokenizer=None)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config, read_only=True)
+    restored = ckpt.restore(run.abstract_state)
+    ckpt.close()
+    assert restored.step == 20 and int(restored.state.step) == 20   # the final step, saved
+
+
+@EVALUATORS.register("toy_slow")
+class Slow(HeldOutMse):
+    """The held-out MSE, after a pause as long as a big evaluation set's."""
+    seconds = 4.0
+
+    def run(self, params):
+        time.sleep(self.seconds)
+        return super().run(params)
+
+
+def test_examples_per_second_leave_out_evaluation_and_checkpointing(tmp_path):
+    """Steps 11-20 follow an evaluation (4 s asleep) and a save at step 10: their rate is the
+    training's, so their time is well under the sleep (training 10 toy steps takes ~0.1 s)."""
+    config = _config()
+    config.train.update(steps=20, log_every=10, eval_every=10, checkpoint_every=10)
+    config.evals = {"slow": dict(type="toy_slow", dataset="toy_brightness")}
+    workdir = str(tmp_path / "run")
+    train(config, workdir, str(tmp_path / "data"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rates = {r["step"]: r["train/examples_per_s"] for r in map(json.loads, f)
+                 if "train/examples_per_s" in r}
+    seconds_for_steps_11_to_20 = 10 * config.train.batch_size / rates[20]
+    assert seconds_for_steps_11_to_20 < Slow.seconds, rates

@@ -1,5 +1,7 @@
 """Train step: a tiny model overfits a fixed batch; accumulation keeps all negatives; bf16 trains."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -113,14 +115,41 @@ def test_a_non_finite_update_is_skipped_and_counted():
 
 
 def test_mfu_is_flops_per_second_over_the_chips_peak(monkeypatch):
-    import types
     from mmjax.train import mfu
-    tpu = types.SimpleNamespace(device_kind="TPU v5 lite", platform="tpu")
-    assert mfu.chip_peak(tpu) == (197e12, "TPU v5 lite data sheet")
-    cpu = types.SimpleNamespace(device_kind="cpu", platform="cpu")
-    peak, source = mfu.chip_peak(cpu)
-    assert 1e8 < peak < 1e13 and source.startswith("measured float32")
-    monkeypatch.setattr(mfu, "chip_peak", lambda device, dtype: (2e12, "table"))
+    monkeypatch.setattr(mfu, "chip_peak", lambda device, dtype, stated: (2e12, "table"))
     meter = mfu.MFU(flops_per_step=1e12, dtype="float32")
     assert meter(0.5)["train/mfu"] == pytest.approx(1e12 * 0.5 / (meter.chips * 2e12))
     assert mfu.MFU(flops_per_step=None)(1.0) == {}
+
+
+def test_mfu_peaks_come_from_the_exact_device_kind_or_none(monkeypatch):
+    import types
+    from mmjax.train import mfu
+
+    def kind(name, platform="gpu"):
+        return types.SimpleNamespace(device_kind=name, platform=platform)
+    assert mfu.chip_peak(kind("TPU v5 lite", "tpu")) == (197e12, "TPU v5 lite data sheet, bf16 dense")
+    assert mfu.chip_peak(kind("NVIDIA H100 80GB HBM3"))[0] == 989e12
+    assert mfu.chip_peak(kind("NVIDIA H100 PCIe"))[0] == 756e12      # not the SXM card's peak
+    peak, why = mfu.chip_peak(kind("NVIDIA B300 SXM6"))
+    assert peak is None and "peak_flops_per_chip" in why
+    assert mfu.chip_peak(kind("NVIDIA B300 SXM6"), stated=2.25e15) == (2.25e15, "train.peak_flops_per_chip")
+    monkeypatch.setattr(mfu, "chip_peak", lambda device, dtype, stated: (None, "no MFU"))
+    assert mfu.MFU(flops_per_step=1e12)(1.0) == {}
+
+
+def test_the_cpu_peak_is_measured_once_per_cpu_and_stored(monkeypatch, tmp_path):
+    import types
+    from mmjax.train import mfu
+    monkeypatch.setenv("MMJAX_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(mfu, "measured_peak", lambda *a: calls.append(a) or 1.5e11)
+    cpu = types.SimpleNamespace(device_kind="cpu", platform="cpu")
+    first = mfu.chip_peak(cpu)
+    assert first[0] == 1.5e11 and "calibration" in first[1] and len(calls) == 1
+    assert calls[0][1:] == (mfu.CALIBRATION_SIZE, mfu.CALIBRATION_REPS)
+    assert mfu.chip_peak(cpu) == first and len(calls) == 1          # read back, not measured
+    stored = json.loads((tmp_path / "cpu_peaks.json").read_text())
+    assert [v["flops"] for v in stored.values()] == [1.5e11]
+    mfu.chip_peak(cpu, "bfloat16")                                  # another dtype: its own entry
+    assert len(calls) == 2

@@ -36,12 +36,16 @@ def describe_memory(state, compiled):
     return lines
 
 
-def evaluate(evals, params, step, last):
-    """{'eval/<name>/<metric>': value} of the evaluators due at `step` (all of them if `last`)."""
+def due(evals, step, last) -> dict:
+    """The evaluators due at `step` (all of them if `last`)."""
+    return {name: e for name, e in evals.items() if last or (e.every > 0 and step % e.every == 0)}
+
+
+def evaluate(evals, params):
+    """{'eval/<name>/<metric>': value} of `evals` ({name: evaluator})."""
     results = {}
     for name, evaluator in evals.items():
-        if last or (evaluator.every > 0 and step % evaluator.every == 0):
-            results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
+        results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
     return results
 
 
@@ -86,10 +90,14 @@ def train(config, workdir, data_dir, weights_only=False):
     train_step = run.train_step()
     evals = evaluators.build(run, data_dir)
     throughput = Throughput(config.train.batch_size)
-    mfu = MFU(run.task.train_flops(), config.model.get("dtype", "float32"))
+    mfu = MFU(run.task.train_flops(), config.model.get("dtype", "float32"),
+              config.train.get("peak_flops_per_chip", 0.0))
     if mfu.peak:
-        writer.print(f"train/mfu: {mfu.flops_per_step / 1e9:.1f} GFLOPs per step (mmjax/flops.py) "
-                     f"against {mfu.peak / 1e12:.2f} TFLOP/s per chip x {mfu.chips} ({mfu.source})")
+        writer.print(f"train/mfu: {mfu.flops_per_step / 1e9:.1f} GFLOPs per step (analytical, "
+                     f"mmjax/flops.py) against {mfu.peak / 1e12:.3f} TFLOP/s per chip x {mfu.chips} "
+                     f"({mfu.source})")
+    elif mfu.source:
+        writer.print(f"train/mfu: {mfu.source}")
     stopping = EarlyStopping(config, workdir, start)
     end = start if stopping.record["stopped"] else config.train.steps  # stopped early before
     max_skipped = config.optim.get("max_skipped_steps", 10)
@@ -101,50 +109,61 @@ def train(config, workdir, data_dir, weights_only=False):
             writer.print(line)
     throughput(start)
     preemption = PreemptionNotice()  # SIGTERM: save at a step every process agrees on, stop
-    for step in range(start + 1, end + 1):
-        state, metrics = train_step(state, batch)
-        last = step == config.train.steps
-        preempted = preemption(step)
-        save = step % config.train.checkpoint_every == 0 or last or preempted
-        consumed = batch_state  # the data position after this step's batch
-        data_state = consumed if save else None
-        if not (last or preempted):
-            batch, batch_state = feed.next(metrics)  # made ahead by the feed's thread
-        if step % config.train.log_every == 0 or last:
-            metrics = jax.device_get(metrics)
-            rate = throughput(step)
-            writer.write(step, {f"train/{k}": v for k, v in metrics.items()} |
-                         {"train/examples_per_s": rate} | mfu(rate / config.train.batch_size) |
-                         feed.stats())
-            writer.progress(step, float(metrics["loss"]), rate)
-            if int(metrics.get("skipped_steps", 0)) > max_skipped:
+    try:
+        for step in range(start + 1, end + 1):
+            state, metrics = train_step(state, batch)
+            last = step == config.train.steps
+            preempted = preemption(step)
+            save = step % config.train.checkpoint_every == 0 or last or preempted
+            consumed = batch_state  # the data position after this step's batch
+            data_state = consumed if save else None
+            if not (last or preempted):
+                batch, batch_state = feed.next(metrics)  # made ahead by the feed's thread
+            if step % config.train.log_every == 0 or last:
+                metrics = jax.device_get(metrics)
+                rate = throughput(step)
+                writer.write(step, {f"train/{k}": v for k, v in metrics.items()} |
+                             {"train/examples_per_s": rate} | mfu(rate / config.train.batch_size) |
+                             feed.stats())
+                writer.progress(step, float(metrics["loss"]), rate)
+                if int(metrics.get("skipped_steps", 0)) > max_skipped:
+                    ckpt.wait()
+                    raise TrainingDiverged(
+                        f"step {step}: the last {int(metrics['skipped_steps'])} updates had non-finite "
+                        f"gradients (loss {float(metrics['loss'])}) and were skipped; stopping. The "
+                        f"checkpoints in {workdir}/checkpoints hold finite parameters: lower optim.lr "
+                        f"or raise optim.warmup_steps, then resume")
+            if save:  # before evaluating: a failing evaluator loses no checkpoint
+                with throughput.paused(state):  # the save's device-to-host copy is not training
+                    ckpt.save(step, state, data_state)
+                writer.flush()  # a bucket's metrics.jsonl is rewritten at saves: it holds every saved step
+            evaluated = {}
+            now_due = {} if preempted else due(evals, step, last)
+            if now_due:
+                with throughput.paused(state):  # steps still on the device are waited for first
+                    evaluated = evaluate(now_due, state.params)
+            stop = False
+            if evaluated:
+                results = writer.write(step, evaluated)
+                writer.print(f"step {step}: " + _summary(results))
+                stop = stopping.update(step, results, state.params) and not last
+                if stop and not save:  # the stopping step is kept, with its data position
+                    with throughput.paused(state):
+                        ckpt.save(step, state, consumed)
+                if save or stop:
+                    writer.flush()
+            if preempted:
                 ckpt.wait()
-                raise TrainingDiverged(
-                    f"step {step}: the last {int(metrics['skipped_steps'])} updates had non-finite "
-                    f"gradients (loss {float(metrics['loss'])}) and were skipped; stopping. The "
-                    f"checkpoints in {workdir}/checkpoints hold finite parameters: lower optim.lr "
-                    f"or raise optim.warmup_steps, then resume")
-        due = evaluate(evals, state.params, step, last) if not preempted else {}
-        stop = False
-        if due:
-            results = writer.write(step, due)
-            writer.print(f"step {step}: " + _summary(results))
-            stop = stopping.update(step, results, state.params) and not last
+                writer.print(f"preempted: saved step {step}; run the same command to resume")
+                break
             if stop:
-                data_state = consumed
-                save = True
-        if save:
-            ckpt.save(step, state, data_state)
-            writer.flush()  # a bucket's metrics.jsonl is rewritten at saves: it holds every saved step
-        if preempted:
-            ckpt.wait()
-            writer.print(f"preempted: saved step {step}; run the same command to resume")
-            break
-        if stop:
-            writer.print(f"early stop at step {step}: {stopping.summary()}")
-            break
+                writer.print(f"early stop at step {step}: {stopping.summary()}")
+                break
+    except BaseException:  # an evaluator's or the data's error: commit the save under way first
+        ckpt.wait()
+        raise
     if start >= end:
-        results = writer.write(start, evaluate(evals, state.params, start, last=True))
+        results = writer.write(start, evaluate(evals, state.params))
         writer.print(f"already trained to step {start}: " + _summary(results))
     if stopping.enabled:
         writer.print(stopping.summary())
@@ -168,5 +187,4 @@ def evaluate_checkpoint(config, workdir, data_dir):
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first with "
                                 f"`mmjax train --workdir {workdir}`")
     params = restored.state["params"]
-    return {"step": restored.step, **evaluate(evaluators.build(run, data_dir), params,
-                                              restored.step, last=True)}
+    return {"step": restored.step, **evaluate(evaluators.build(run, data_dir), params)}
