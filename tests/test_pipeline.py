@@ -146,6 +146,93 @@ def test_bad_records_are_replaced_and_counted(monkeypatch):
     assert [clip.decode(t) for t in batch['text']][3:5] == ['record 4', 'record 4']
 
 
+class _FlakyStream(_Flaky):
+    """The same records, streamed."""
+    random_access = False
+
+
+class _Broken(_Flaky):
+    """More undecodable records in a row than a row may replace."""
+
+    def source(self, data_dir, split):
+        return [{'image': b'not an image', 'text': b'x'}] * (pipeline.MAX_REPLACEMENTS + 6)
+
+
+class _BrokenStream(_Broken):
+    random_access = False
+
+
+@pytest.fixture
+def flaky_datasets(monkeypatch):
+    registry = Registry('dataset', {})
+    for name, cls in [('flaky', _Flaky), ('flaky_stream', _FlakyStream), ('broken', _Broken),
+                      ('broken_stream', _BrokenStream)]:
+        registry.register(name)(cls)
+    monkeypatch.setattr(sources, 'DATASETS', registry)
+    return {'image': jax.ShapeDtypeStruct((8, 8, 1), np.float32),
+            'text': jax.ShapeDtypeStruct((8,), np.int32)}
+
+
+def test_a_streamed_read_replaces_and_counts_bad_records_as_a_random_access_one(flaky_datasets):
+    read = dict(data_dir=None, split='train', spec=flaky_datasets, tokenizer=ClipTokenizer(),
+                batch_size=4, seed=0, num_epochs=1, image_options=images.ImageOptions(size=8, channels=1))
+    it = pipeline.batches('flaky_stream', **read)
+    batches = [next(it), next(it)]    # records 0-4 (3 replaced by 4), 5-9 (7 replaced by 8)
+    assert [b['_skipped'].tolist() for b in batches] == [[0, 0, 0, 1], [0, 0, 1, 0]]
+    assert 'record 3' in batches[0]['_bad'][3] and 'record 7' in batches[1]['_bad'][2]
+    clip = ClipTokenizer()
+    assert [clip.decode(t) for t in batches[1]['text']] == ['record 5', 'record 6', 'record 8', 'record 9']
+
+
+@pytest.mark.parametrize('name', ['broken', 'broken_stream'])
+def test_a_run_of_bad_records_is_one_bad_data_line(flaky_datasets, name):
+    from mmjax.errors import BadData
+    it = pipeline.batches(name, data_dir=None, split='train', spec=flaky_datasets,
+                          tokenizer=ClipTokenizer(), batch_size=2, seed=0, num_epochs=1, shuffle=False,
+                          image_options=images.ImageOptions(size=8, channels=1))
+    with pytest.raises(BadData) as caught:
+        next(it)
+    message = str(caught.value)
+    assert f'{pipeline.MAX_REPLACEMENTS} records in a row of dataset {name!r} are bad' in message
+    assert 'mmjax data build' in message and '\n' not in message
+    evaluation = pipeline.eval_batches(name, data_dir=None, split='test', spec=flaky_datasets,
+                                       tokenizer=ClipTokenizer(), batch_size=100,
+                                       image_options=images.ImageOptions(size=8, channels=1))
+    with pytest.raises(BadData, match='records in a row'):
+        next(evaluation)
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_evaluation_leaves_bad_records_out_and_counts_them(flaky_datasets, caplog, process_count):
+    kept = {}
+    for p in range(process_count):
+        for batch, valid in pipeline.eval_batches(
+                'flaky', data_dir=None, split='test', spec=flaky_datasets, tokenizer=ClipTokenizer(),
+                batch_size=4, process_index=p, process_count=process_count,
+                image_options=images.ImageOptions(size=8, channels=1)):
+            kept.update({int(i): t for i, t, v in zip(batch['_index'], batch['text'], valid) if v})
+    assert sorted(kept) == [0, 1, 2, 4, 5, 6, 8, 9]      # 3 and 7 are not scored
+    assert [ClipTokenizer().decode(kept[i]) for i in (2, 4)] == ['record 2', 'record 4']
+    assert 'failed to decode and were left out of the evaluation' in caplog.text
+
+
+def test_class_names_of_another_length_than_the_labels_are_refused(tmp_path):
+    from mmjax.data import build
+    for label in ('a', 'b'):
+        (tmp_path / 'photos' / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(tmp_path / 'photos' / label / f'{i}.png')
+    summary = build.build(str(tmp_path / 'photos'), 'two', str(tmp_path / 'data'), val_fraction=0,
+                          workers=1)
+    info_file = f"{summary['path']}/mmjax_build.json"
+    info = json.loads(open(info_file).read())
+    assert sources.get('two', str(tmp_path / 'data')).class_names == ('a', 'b')
+    info['class_names'] = ['apple', 'banana', 'cherry']
+    open(info_file, 'w').write(json.dumps(info))
+    with pytest.raises(ConfigError, match=r"'class_names' holds 3 names, but the dataset's labels have 2"):
+        sources.get('two', str(tmp_path / 'data'))
+
+
 def test_mlm_packing_fills_rows_with_whole_documents(data_dir):
     wordpiece = WordPieceTokenizer.train(prose_texts(data_dir, 'test'), vocab_size=1000)
     spec = {'text': jax.ShapeDtypeStruct((64,), np.int32)}

@@ -10,9 +10,11 @@ position in the stream), so no result depends on how many processes or workers r
 iterator's state is the number of global batches read, which resumes on any process count.
 
 A record that fails to decode (a corrupt image, text that is not UTF-8 or empty) is
-replaced by the next record of the same stream and counted: batches carry '_skipped'
-(int [b]) and '_bad' (a description per row, '' for good ones), which the loop reports as
-`data/skipped` and turns into an error past `data.max_bad_fraction`.
+replaced by the next record of the same stream and counted, in random-access and streamed
+reads alike: batches carry '_skipped' (int [b]) and '_bad' (a description per row, '' for
+good ones), which the loop reports as `data/skipped` and turns into an error past
+`data.max_bad_fraction`. Evaluation leaves such a record out (valid=False) and says how many.
+MAX_REPLACEMENTS bad records in a row are one BadData line (mmjax/data/bad_records.py).
 
 MLM on a text-only task can pack (`data.pack`): documents become `tokens [SEP]`, are joined
 and cut into rows of L - 1 tokens (grain's ConcatThenSplitIterDataset), each prefixed with
@@ -23,6 +25,7 @@ stream is global too: every process packs it (tokenising all of it) and keeps it
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import grain
@@ -30,13 +33,13 @@ import numpy as np
 
 from mmjax.config import parse_mixture
 from mmjax.data import images, sources, transforms
+from mmjax.data.bad_records import BAD_RECORD_ERRORS, MAX_REPLACEMENTS, broken, decoded
 from mmjax.errors import ConfigError
 
 # Records are small and local: reading them in the consuming thread beats reader threads
 # fighting over the GIL (2.0 s vs 3.6 s for 100 batches of 64 digits on this 2-core box).
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-MAX_REPLACEMENTS = 64    # a row tries this many records before the data is declared broken
-BAD_RECORD_ERRORS = (images.BadImage, UnicodeDecodeError, ValueError, OSError, KeyError)
+log = logging.getLogger(__name__)
 
 
 def _check_features(dataset, name, spec):
@@ -89,8 +92,7 @@ class _Examples(grain.MapDataset):
                 first_error = first_error or f'{self._name} record at stream position {position}: {err}'
                 continue
             return example | {'_skipped': np.int32(offset), '_bad': first_error or ''}
-        raise ValueError(f'{MAX_REPLACEMENTS} records in a row of dataset {self._name!r} are bad '
-                         f'(first: {first_error}); rebuild it with `mmjax data build`')
+        raise broken(self._name, first_error)
 
 
 class _LocalBatches(grain.MapDataset):
@@ -311,7 +313,7 @@ def _stream_batches(dataset, name, *, data_dir, split, spec, tokenizer, batch_si
                         grain.transforms.Batch(batch_size // process_count, drop_remainder=True,
                                                batch_fn=collate),
                         seed=seed, num_epochs=num_epochs, process_index=process_index,
-                        process_count=process_count)
+                        process_count=process_count, name=name)
 
 
 class StreamLoader:
@@ -323,12 +325,13 @@ class StreamLoader:
     only on the same process count.
     """
 
-    def __init__(self, source, ops, batch, *, seed, num_epochs, process_index, process_count):
+    def __init__(self, source, ops, batch, *, seed, num_epochs, process_index, process_count,
+                 name='stream'):
         self._source, self._seed, self._num_epochs = source, seed, num_epochs
-        self._ops, self._batch = ops, batch
+        self._ops, self._batch, self._name = ops, batch, name
         self._p, self._count = process_index, process_count
         self._position = (0, 0)
-        self._records = self._walk((0, 0))
+        self._examples = self._decode((0, 0))
 
     def _walk(self, start):
         epoch = start[0]
@@ -343,15 +346,25 @@ class StreamLoader:
                                  f"(not a generator that is used up)")
             epoch += 1
 
+    def _decode(self, start):
+        return decoded(self._ops, (((self._seed, *position), record)
+                                    for position, record in self._walk(start)), self._name)
+
     def __iter__(self):
         return self
 
     def __next__(self):
-        examples = []
+        """The next batch; a bad record is replaced by the next one and counted in the row's
+        '_skipped' / '_bad', as in the random-access read."""
+        examples, skipped, first_bad = [], 0, ''
         while len(examples) < self._batch.batch_size:
-            (epoch, index), record = next(self._records)
-            examples.append(transforms.apply_one(self._ops, record, (self._seed, epoch, index)))
+            (_, epoch, index), example, error = next(self._examples)
             self._position = (epoch, index + 1)
+            if example is None:
+                skipped, first_bad = skipped + 1, first_bad or error
+                continue
+            examples.append(example | {'_skipped': np.int32(skipped), '_bad': first_bad})
+            skipped, first_bad = 0, ''
         return self._batch.batch_fn(examples)
 
     def get_state(self) -> bytes:
@@ -363,7 +376,7 @@ class StreamLoader:
             raise ValueError(f"the saved position in a streamed dataset was read by "
                              f"{saved['process_count']} processes; resume on that many")
         self._position = tuple(saved['stream_position'])
-        self._records = self._walk(self._position)
+        self._examples = self._decode(self._position)
 
 
 def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_index=0,
@@ -376,7 +389,8 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     batch also holds '_index' (int32 [b]): each row's position in the split, so per-example
     randomness (eval masking) does not depend on the batch size or the process count.
     Records are read batch by batch, never the whole split at once. `rows` (ascending record
-    indices, random-access datasets only) reads those records instead of the whole split.
+    indices, random-access datasets only) reads those records instead of the whole split. A
+    record that fails to decode is a row with valid=False, counted in one warning.
     """
     image_options = image_options or images.ImageOptions()
     dataset = sources.get(name, data_dir)
@@ -398,16 +412,29 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
         mine = (r for i, r in enumerate(dataset.records(data_dir, split))
                 if i % process_count == process_index)
     num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
-    examples, pad, position = transforms.apply(ops, mine), None, 0
+    # Seeded by the record's index in the split: the same on any process count.
+    examples = decoded(ops, (((0, int(i)), r) for i, r in zip(indices, mine)), name)
+    pad, bad, first_error = None, 0, ''
     for _ in range(num_batches):
-        chunk = [e for _, e in zip(range(batch_size), examples)]
-        valid = np.arange(batch_size) < len(chunk)
-        index = np.zeros(batch_size, np.int32)
-        index[:len(chunk)] = indices[position:position + len(chunk)]
-        position += len(chunk)
+        chunk = [item for _, item in zip(range(batch_size), examples)]
         if pad is None:  # any real example: padding rows copy it (and are ignored)
-            pad = chunk[0] if chunk else next(transforms.apply(ops, iter(dataset.records(data_dir, split))))
-        yield collate(chunk + [pad] * (batch_size - len(chunk))) | {'_index': index}, valid
+            pad = next((e for _, e, _ in chunk if e is not None), None)
+        if pad is None:  # this process's share of the split is used up, or bad so far
+            everything = enumerate(dataset.records(data_dir, split))
+            pad = next(e for _, e, _ in decoded(ops, (((0, i), r) for i, r in everything), name)
+                       if e is not None)
+        valid = np.zeros(batch_size, bool)
+        valid[:len(chunk)] = [e is not None for _, e, _ in chunk]
+        index = np.zeros(batch_size, np.int32)
+        index[:len(chunk)] = [key[1] for key, _, _ in chunk]
+        bad += len(chunk) - int(valid.sum())
+        first_error = first_error or next((err for _, _, err in chunk if err), '')
+        rows = [pad if e is None else e for _, e, _ in chunk]
+        yield collate(rows + [pad] * (batch_size - len(rows))) | {'_index': index}, valid
+    if bad:  # left out of the evaluation (valid=False), as training skips them
+        log.warning('%d of the %d records of %s:%s this process read failed to decode and were '
+                    'left out of the evaluation, e.g. %s; `mmjax data build` drops bad records',
+                    bad, len(indices), name, split, first_error)
 
 
 def train_batches(run, data_dir, process_index, process_count):

@@ -179,13 +179,18 @@ class PlayGenres(_Built):
 
 
 
-def _display_names(path):
+def _display_names(path, num_classes):
     """Readable class names that `mmjax data build` stored next to a dataset (ImageNet's
-    label names are WordNet ids; its zero-shot prompts need words), else None."""
+    label names are WordNet ids; its zero-shot prompts need words), else None. A list whose
+    length is not the label's class count would caption and score the wrong classes."""
     import json
     info = paths.resolve(path) / 'mmjax_build.json'
     if info.exists():
         names = json.loads(info.read_text()).get('class_names')
+        if names and num_classes and len(names) != num_classes:
+            raise ConfigError(f"{info}: 'class_names' holds {len(names)} names, but the dataset's "
+                              f"labels have {num_classes} classes; give one name per class, in "
+                              f"label order (or remove 'class_names' to use the label names)")
         return tuple(names) if names else None
     return None
 
@@ -207,7 +212,8 @@ class TfdsFolder(Dataset):
         self._text_key = next((k for k in ('text', 'caption') if k in features), None)
         self._captions = 'captions' in features
         label = features['label'] if 'label' in features else None
-        self.class_names = _display_names(path) or (tuple(label.names) if hasattr(label, 'names') else None)
+        names = tuple(label.names) if hasattr(label, 'names') else None
+        self.class_names = _display_names(path, len(names) if names else 0) or names
         self.splits = {k: v.num_examples for k, v in self._builder.info.splits.items()}
         given = (('image' if 'image' in features else None), ('label' if label else None),
                  ('text' if self._text_key or self._captions or (label and self.class_names) else None),
