@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mmjax.eval.mlm import perplexity
-from mmjax.eval.retrieval import recall_at_k
+from mmjax.eval.retrieval import image_identity, recall_at_k
 from mmjax.eval.zeroshot import classification_metrics
 
 
@@ -42,31 +42,46 @@ def test_perplexity_is_exp_mean_nll_over_real_positions():
 
 
 def recall_by_rank(image_embeddings, text_embeddings, image_of_text, captions, ks):
-    """Recall@K both ways, brute force, one query at a time (float64). A query's rank is the
-    number of candidates scoring strictly above its best-scoring correct one; it is right at K
-    when the rank is below K. Correct, as retrieval.py documents it: for a text query its own
-    image and every image with a caption that reads the same; for an image query every text
-    that reads the same as one of the image's captions."""
+    """Recall@K both ways, brute force, one query at a time (float64), over distinct captions
+    as retrieval.py documents it. A query's rank is the number of candidates scoring strictly
+    above its best-scoring correct one; it is right at K when the rank is below K. An image
+    query's candidates are the distinct captions (each scored as the first text reading it),
+    correct are the image's own; every text row is a query (so a caption counts as often as
+    it occurs), its candidates the images, correct every image with a caption that reads the
+    same."""
     zimg, ztxt = np.float64(image_embeddings), np.float64(text_embeddings)
-    texts_reading, images_with = {}, {}          # caption -> its texts; caption -> the images it is one of
+    first_text, images_with = {}, {}          # caption -> its first text; -> the images it captions
     for text, (image, caption) in enumerate(zip(image_of_text, captions)):
-        texts_reading.setdefault(caption, set()).add(text)
+        first_text.setdefault(caption, text)
         images_with.setdefault(caption, set()).add(int(image))
-    captions_of = {int(image): set() for image in image_of_text}
-    for image, caption in zip(image_of_text, captions):
-        captions_of[int(image)].add(caption)
+    gallery = list(first_text)
+    gallery_z = ztxt[[first_text[c] for c in gallery]]
 
     def right_at(scores, correct):
         rank = int(np.sum(scores > scores[sorted(correct)].max()))
         return [rank < k for k in ks]
 
-    i2t = [right_at(ztxt @ zimg[i], set().union(*(texts_reading[c] for c in captions_of[i])))
+    i2t = [right_at(gallery_z @ zimg[i], [g for g, c in enumerate(gallery) if i in images_with[c]])
            for i in range(len(zimg))]
-    t2i = [right_at(zimg @ ztxt[t], images_with[captions[t]]) for t in range(len(ztxt))]
+    t2i = [right_at(zimg @ ztxt[first_text[c]], images_with[c]) for c in captions]
     out = {}
     for j, k in enumerate(ks):
         out[f"i2t_r{k}"] = sum(row[j] for row in i2t) / len(i2t)
         out[f"t2i_r{k}"] = sum(row[j] for row in t2i) / len(t2i)
+    return out
+
+
+def own_caption_recall(image_embeddings, text_embeddings, image_of_text, ks):
+    """The standard protocol (CLIP, open_clip's retrieval eval) from a full similarity matrix
+    sorted best first: a text is right at K when its own image is in its top K, an image when
+    one of its own texts is. Only for texts that are all different."""
+    sims = np.float64(image_embeddings) @ np.float64(text_embeddings).T         # [images, texts]
+    own = np.arange(len(sims))[:, None] == np.asarray(image_of_text)[None, :]
+    i2t, t2i = np.argsort(-sims, axis=1), np.argsort(-sims.T, axis=1)
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = np.mean([own[i, i2t[i, :k]].any() for i in range(len(sims))])
+        out[f"t2i_r{k}"] = np.mean([own[t2i[t, :k], t].any() for t in range(sims.shape[1])])
     return out
 
 
@@ -87,3 +102,41 @@ def test_retrieval_recall_equals_a_brute_force_rank_per_query():
     want = recall_by_rank(images, texts, image_of_text, captions, ks)
     assert 0 < want["i2t_r1"] < 1 and 0 < want["t2i_r1"] < 1     # neither trivial nor perfect
     assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_retrieval_rows_with_unique_captions_follow_the_standard_own_caption_protocol():
+    """(image, caption) rows in shuffled order, 1-3 rows per image, every caption different:
+    image_identity + recall_at_k (the evaluator's row path) score what the standard
+    protocol's numpy (own_caption_recall) does on the true images."""
+    rng = np.random.default_rng(1)
+    images, keys = rng.normal(size=(20, 8)), rng.normal(size=(20, 2))
+    true_image = rng.permutation(np.repeat(np.arange(20), rng.integers(1, 4, 20)))
+    texts = images[true_image] + rng.normal(scale=1.2, size=(len(true_image), 8))
+    captions = [f"caption {n}" for n in range(len(true_image))]
+    image_of_text, first = image_identity(keys[true_image])
+    ks = (1, 3, 5, 10)
+    got = recall_at_k(np.float32(images[true_image][first]), np.float32(texts), image_of_text,
+                      captions, ks=ks)
+    want = own_caption_recall(images, texts, true_image, ks)
+    assert 0 < want["i2t_r1"] < want["i2t_r5"] < 1 and 0 < want["t2i_r1"] < want["t2i_r5"] < 1
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_retrieval_on_template_captions_ranks_distinct_captions():
+    """Images of 4 classes, each with one caption from 3 templates x 4 classes (12 distinct
+    captions, 5-9 rows each, equal captions equal embeddings): an image query ranks the 12
+    distinct captions, so R@1 < R@5 (counting rows, the 5+ copies of the best caption filled
+    every top 5 and R@1 = R@5); text queries count each caption as often as it occurs."""
+    rng = np.random.default_rng(2)
+    classes, templates = rng.normal(size=(4, 8)), rng.normal(size=(3, 8))
+    pairs = [(c, t) for c in range(4) for t in range(3)]
+    rows = rng.permutation(np.repeat(np.arange(12), rng.integers(5, 10, 12)))
+    captions = [f"template {pairs[r][1]} says {pairs[r][0]}" for r in rows]
+    caption_z = np.stack([classes[c] + 0.6 * templates[t] for c, t in pairs])
+    images = caption_z[rows] + rng.normal(scale=0.7, size=(len(rows), 8))
+    texts = caption_z[rows]
+    ks = (1, 2, 5)
+    got = recall_at_k(np.float32(images), np.float32(texts), np.arange(len(rows)), captions, ks=ks)
+    want = recall_by_rank(images, texts, np.arange(len(rows)), captions, ks)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert 0 < got["i2t_r1"] < got["i2t_r5"] and 0 < got["t2i_r1"] < 1

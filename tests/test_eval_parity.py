@@ -89,15 +89,16 @@ def test_zero_shot_top1_equals_open_clips_own_model_and_tokenizer(trained, evalu
 
 
 def test_retrieval_recall_equals_a_brute_force_rank_on_open_clip_embeddings(trained, evaluated):
-    """One (image, caption) row per image; the digits' captions repeat word for word, so the
-    duplicate rule is in play (recall_by_rank: a rank per query, not mmjax's code)."""
+    """One (image, caption) row per image; the digits' captions repeat word for word, so image
+    queries rank the 10 distinct captions (recall_by_rank: a rank per query, not mmjax's code)
+    and R@1 < R@5: 100 equal rows no longer fill every top K."""
     _, data_dir, out, _, _ = trained
     digits = digit_arrays(data_dir, "test")
     zimg, ztxt = _encode(_open_clip(out), digits["image"], digits["caption"], context_length=16)
     captions = [str(c) for c in digits["caption"]]
     assert len(set(captions)) < len(captions)
     expected = recall_by_rank(zimg, ztxt, np.arange(len(captions)), captions, ks=(1, 5, 10))
-    assert expected["i2t_r1"] > 0.3
+    assert expected["i2t_r1"] > 0.3 and expected["i2t_r1"] < expected["i2t_r5"]
     for key, value in expected.items():
         assert evaluated[f"eval/retrieval_digit_captions/{key}"] == pytest.approx(value, abs=1e-9), key
 

@@ -12,31 +12,38 @@ from mmjax.eval.base import Evaluator
 
 
 def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(1, 5)):
-    """Recall@K both ways, counted the standard way: a text query is right when its own image
-    is among the top K images; an image query when any of its captions is among the top K
-    texts.
+    """Recall@K both ways over *distinct* captions.
 
     image_embeddings [n_images, d], text_embeddings [n_texts, d]; `image_of_text[t]` is the
-    index of text t's image and `captions[t]` its caption. Captions that are word-for-word
-    the same cannot be told apart by any model (the built-in digits share ten), so a text
-    identical to one of an image's captions counts as that image's caption too. The
-    similarities and top-K run on device in chunks; the host holds [n, K] indices only.
+    index of text t's image and `captions[t]` its caption (text or token ids). Captions that
+    are word-for-word the same cannot be told apart by any model (the built-in digits' 1,000
+    test captions are 10 sentences, one per digit), so they are one caption, embedded as its
+    first text:
+    - image -> text: the gallery is the distinct captions; an image query is right at K when
+      any of its distinct captions is among the top K (equal rows no longer fill the top K);
+    - text -> image: each distinct caption queries the images and is right at K when an image
+      it is a caption of is among the top K; it counts as many times as it occurs.
+    When every caption is different this is the standard protocol (CLIP, open_clip): a text
+    is right when its own image is in the top K, an image when any of its own captions is.
+    The similarities and top-K run on device in chunks; the host holds [n, K] indices only.
     """
     image_of_text = np.asarray(image_of_text, np.int64)
-    _, caption_id = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    _, first, caption_id, count = np.unique(np.asarray(captions, dtype=object), return_index=True,
+                                            return_inverse=True, return_counts=True)
     caption_id = caption_id.reshape(-1).astype(np.int64)
-    n_ids = int(caption_id.max()) + 1
+    n_ids = len(first)
+    distinct = np.asarray(text_embeddings)[first]                   # [n captions, d], id order
     # (image, caption id) pairs that are relevant, as sorted codes image * n_ids + id.
     relevant = np.unique(image_of_text * n_ids + caption_id)
     top = max(ks)
-    i2t = nearest.top_k(image_embeddings, text_embeddings, top)     # [n images, top] texts
-    t2i = nearest.top_k(text_embeddings, image_embeddings, top)     # [n texts, top] images
-    i2t_hit = np.isin(np.arange(len(image_embeddings))[:, None] * n_ids + caption_id[i2t], relevant)
-    t2i_hit = np.isin(t2i * n_ids + caption_id[:, None], relevant)
+    i2t = nearest.top_k(image_embeddings, distinct, top)           # [n images, top] caption ids
+    t2i = nearest.top_k(distinct, image_embeddings, top)           # [n captions, top] images
+    i2t_hit = np.isin(np.arange(len(image_embeddings))[:, None] * n_ids + i2t, relevant)
+    t2i_hit = np.isin(t2i * n_ids + np.arange(n_ids)[:, None], relevant)
     out = {}
     for k in ks:
         out[f"i2t_r{k}"] = float(np.mean(i2t_hit[:, :k].any(axis=1)))
-        out[f"t2i_r{k}"] = float(np.mean(t2i_hit[:, :k].any(axis=1)))
+        out[f"t2i_r{k}"] = float(count @ t2i_hit[:, :k].any(axis=1) / count.sum())
     return out
 
 
@@ -56,7 +63,8 @@ class Retrieval(Evaluator):
     A dataset with a 'captions' feature (`mmjax data build --kind karpathy`: COCO, Flickr30k)
     holds one record per image with all its captions (at most option `max_captions`, default
     8); otherwise each (image, caption) row is one pair and rows with the same pixels are one
-    image. Captions are told apart by their tokens."""
+    image. Captions are told apart by their tokens; equal ones are one caption
+    (`recall_at_k`)."""
 
     needs = ("encode_image", "encode_text")
 
