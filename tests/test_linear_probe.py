@@ -1,6 +1,13 @@
 """The `linear_probe` evaluator: logistic regression against scikit-learn, ridge against numpy,
 few-shot sampling, and the evaluator end to end on a tiny CLIP over real digits."""
 
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,21 +135,86 @@ def test_linear_probe_end_to_end_fits_the_encode_image_embeddings(digits):
     probe.features = lambda params, split, limit=None: encoded.setdefault(
         split, encode(params, split, limit))
     metrics = probe.run(params)
-    assert set(metrics) == {"top1", "top5", "l2", "fewshot_1shot_top1", "fewshot_5shot_top1"}
+    assert set(metrics) == {"top1", "top5", "l2", "fewshot_1shot_top1", "fewshot_5shot_top1",
+                            "n", "n_test", "n_train"}
+    assert metrics["n"] == metrics["n_test"] == 1000 and metrics["n_train"] == 500
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("n")}
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "l2")
     assert metrics["l2"] in probe.l2_grid and metrics["top5"] >= metrics["top1"]
     # The train rows: encode_image of the split's records, a seeded subset of 500 of 4000.
-    train_z, train_y = encoded["train"]
+    train_z, train_y, train_ids = encoded["train"]
     rows = subset(4000, 500, seed=0)
+    np.testing.assert_array_equal(train_ids, rows)
     records = list(sources.get("digit_captions").records(data_dir, "train"))
     direct = Model(run.config, params, TOKENIZER, batch_size=100).encode_image(
         [records[i]["image"] for i in rows])
     assert train_z.shape == (500, 16) and sorted(set(train_y.tolist())) == list(range(10))
     np.testing.assert_allclose(train_z, direct, atol=1e-5)
     np.testing.assert_array_equal(train_y, [records[i]["label"] for i in rows])
-    test_z, test_y = encoded["test"]
+    test_z, test_y, test_ids = encoded["test"]
+    np.testing.assert_array_equal(test_ids, np.arange(1000))
     assert test_z.shape == (1000, 16) and np.bincount(test_y).tolist() == [100] * 10
     refit = probe_metrics(direct, train_y, test_z, test_y, num_classes=10, l2_grid=probe.l2_grid,
                           val_fraction=0.2, max_iter=300, shots=(1, 5),
-                          seeds=[(0, 0), (0, 1), (0, 2)], fewshot_l2=1024.0, seed=0)
+                          seeds=[(0, 0), (0, 1), (0, 2)], fewshot_l2=1024.0, seed=0,
+                          train_ids=rows)
     assert metrics == pytest.approx(refit, abs=0.005)
+
+
+def test_held_out_rows_and_fewshot_samples_follow_the_example_ids_not_the_row_order():
+    """The same examples in another row order (as another process count used to gather them)
+    draw the same held-out examples and few-shot samples, so the metrics agree."""
+    x, y = _blobs(300, 8, 4, spread=2.0, seed=4)
+    ids = np.random.default_rng(5).choice(4000, 300, replace=False)   # a subset's record ids
+    shuffled = np.random.default_rng(6).permutation(300)
+    held = linear_models.held_out_mask(300, 0.2, 0, ids)
+    again = linear_models.held_out_mask(300, 0.2, 0, ids[shuffled])
+    assert held.sum() == 60 and set(ids[held]) == set(ids[shuffled][again])
+    assert set(ids[held]) != set(ids[linear_models.held_out_mask(300, 0.2, 1, ids)])
+    for seed in (0, (0, 1)):
+        picks = linear_models.fewshot_indices(y, 5, seed, ids)
+        assert np.bincount(y[picks]).tolist() == [5] * 4
+        assert set(ids[picks]) == set(ids[shuffled][linear_models.fewshot_indices(
+            y[shuffled], 5, seed, ids[shuffled])])
+        assert set(ids[linear_models.fewshot_indices(y, 2, seed, ids)]) <= set(ids[picks])
+    args = dict(num_classes=4, l2_grid=(1e-3, 1.0), val_fraction=0.2, max_iter=100,
+                shots=(1, 5), seeds=[(0, 0), (0, 1)], fewshot_l2=1024.0, seed=0)
+    one = probe_metrics(x, y, x[:50], y[:50], train_ids=ids, **args)
+    other = probe_metrics(x[shuffled], y[shuffled], x[:50], y[:50], train_ids=ids[shuffled], **args)
+    assert {k: v for k, v in one.items() if "fewshot" in k} == {
+        k: v for k, v in other.items() if "fewshot" in k}
+    assert one == pytest.approx(other, abs=1e-6)
+
+
+def _probe_on(processes, data_dir, log_dir):
+    """The linear-probe metrics of tests/linear_probe_processes.py on `processes` processes x
+    (4 / processes) CPU devices, joined with jax.distributed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+        flags + [f"--xla_force_host_platform_device_count={4 // processes}"]))
+    script = pathlib.Path(__file__).parent / "linear_probe_processes.py"
+    logs = [pathlib.Path(log_dir) / f"p{processes}.{i}.log" for i in range(processes)]
+    procs = [subprocess.Popen([sys.executable, str(script), data_dir, f"127.0.0.1:{port}",
+                               str(processes), str(i)], env=env, stdout=open(log, "w"),
+                              stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
+    for proc, log in zip(procs, logs):
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    return json.loads(logs[0].read_text().strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_linear_probe_metrics_are_the_same_on_one_two_and_four_processes(digits, tmp_path):
+    """Each process encodes its share of each global batch; gathered, the rows come in the
+    split's order, and the held-out rows and few-shot samples are drawn by example index, so
+    1, 2 and 4 processes (4 devices in all) report the same metrics."""
+    data_dir = digits[0]
+    runs = {p: _probe_on(p, data_dir, tmp_path) for p in (1, 2, 4)}
+    assert [(r.pop("processes"), r.pop("devices")) for r in runs.values()] == [(1, 4), (2, 4), (4, 4)]
+    assert 0.2 < runs[1]["top1"] < 1.0    # the random tower's features carry some signal
+    for p in (2, 4):
+        assert runs[p] == pytest.approx(runs[1], abs=1e-6), p
+    assert runs[1]["n"] == 1000 and runs[1]["n_train"] == 300

@@ -55,6 +55,10 @@ class Dataset:
         for example in transforms.apply(self.example_ops(train=False), self.records(data_dir, split)):
             yield example['text']
 
+    def split_sizes(self, data_dir) -> dict:
+        """{split: examples} of the splits the dataset lists (none unless it declares `splits`)."""
+        return dict(getattr(self, 'splits', None) or {})
+
     def records(self, data_dir, split) -> Iterable:
         source = self.source(data_dir, split)
         return (source[i] for i in range(len(source))) if self.random_access else source
@@ -139,6 +143,11 @@ class _Built(Dataset):
     def source(self, data_dir, split):
         from mmjax.data import builders
         return InMemory(builders.data_source(self.builder, data_dir, split))
+
+    def split_sizes(self, data_dir):
+        from mmjax.data import builders
+        splits = builders.prepare(self.builder, data_dir).info.splits
+        return {k: v.num_examples for k, v in splits.items()}
 
 
 @DATASETS.register('digit_captions')

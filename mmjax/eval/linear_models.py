@@ -74,25 +74,40 @@ def fit_logistic(x, labels, weights, l2, *, num_classes, max_iter=300, tol=1e-5)
     return params
 
 
-def held_out_mask(n, fraction, seed):
-    """[n] bool: a seeded random `fraction` of n rows (at least one, at most n - 1)."""
+def row_keys(ids, seed) -> np.ndarray:
+    """[n] uint64 pseudo-random keys of example ids [n] (splitmix64 of the id and the seed: an
+    int or a tuple of ints): a row's key depends on its id and the seed alone, not on where
+    the row sits or which other rows are there, so draws ranked by it neither."""
+    base = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
+    with np.errstate(over="ignore"):
+        x = np.asarray(ids).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def held_out_mask(n, fraction, seed, ids=None):
+    """[n] bool: a seeded random `fraction` of n rows (at least one, at most n - 1): those
+    with the smallest `row_keys` of their example ids (default: 0 .. n-1)."""
     count = min(max(int(round(fraction * n)), 1), n - 1)
     mask = np.zeros(n, bool)
-    mask[np.random.default_rng(seed).permutation(n)[:count]] = True
+    keys = row_keys(np.arange(n) if ids is None else ids, seed)
+    mask[np.argsort(keys, kind="stable")[:count]] = True
     return mask
 
 
 def logistic_probe(train_x, train_labels, test_x, *, num_classes, l2_grid, val_fraction=0.2,
-                   seed=0, max_iter=300):
+                   seed=0, max_iter=300, train_ids=None):
     """(test logits [m, classes], chosen l2, {l2: held-out top-1}) of logistic regression.
 
     Features are standardised with the mean / std of all train_x [n, d]. Each l2 of l2_grid is
-    fitted on the train rows outside a seeded held-out `val_fraction` and scored on it; the
-    best (ties: the stronger l2) is refitted on every train row and applied to test_x [m, d]."""
+    fitted on the train rows outside a seeded held-out `val_fraction` (drawn by the rows'
+    example ids `train_ids`, default 0 .. n-1) and scored on it; the best (ties: the
+    stronger l2) is refitted on every train row and applied to test_x [m, d]."""
     mean, std = standardiser(train_x)
     x = jnp.asarray((np.asarray(train_x, np.float32) - mean) / std)
     labels = jnp.asarray(train_labels, jnp.int32)
-    held = held_out_mask(len(train_labels), val_fraction, seed)
+    held = held_out_mask(len(train_labels), val_fraction, seed, train_ids)
     fit = functools.partial(fit_logistic, x, labels, num_classes=num_classes, max_iter=max_iter)
     val_top1 = {}
     for l2 in sorted(l2_grid, reverse=True):
@@ -134,26 +149,33 @@ def ridge_classifier_top1(train_x, train_labels, test_x, test_labels, l2, *, num
     return jnp.mean(predicted == test_labels)
 
 
-def fewshot_indices(labels, shots, seed):
-    """Indices of `shots` rows per class of labels [n] (all of a class with fewer), drawn
-    from a per-class permutation seeded by `seed`: the same seed gives nested samples for
-    growing shots. Classes ascending; a class's rows in the permutation's order."""
-    rng = np.random.default_rng(seed)
+def fewshot_indices(labels, shots, seed, ids=None):
+    """Indices of `shots` rows per class of labels [n] (all of a class with fewer): a class's
+    rows with the smallest `row_keys` of their example ids (default 0 .. n-1) and `seed`, so
+    the same seed gives nested samples for growing shots and the same examples in any row
+    order. Classes ascending; a class's rows in key order."""
     labels = np.asarray(labels)
-    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:shots]
-                           for c in np.unique(labels)])
+    keys = row_keys(np.arange(len(labels)) if ids is None else ids, seed)
+    picks = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        picks.append(rows[np.argsort(keys[rows], kind="stable")[:shots]])
+    return np.concatenate(picks)
 
 
-def fewshot_top1(train_x, train_labels, test_x, test_labels, *, shots, seeds, l2, num_classes):
+def fewshot_top1(train_x, train_labels, test_x, test_labels, *, shots, seeds, l2, num_classes,
+                 train_ids=None):
     """{k: top-1 of few-shot ridge on test_x averaged over seeds} for each k of shots; each
-    seed of `seeds` (ints or tuples for np.random.default_rng) samples its own k per class."""
+    seed of `seeds` (ints or tuples of ints) samples its own k per class (`fewshot_indices`
+    by the train rows' example ids `train_ids`, default 0 .. n-1)."""
     solve = jax.vmap(functools.partial(ridge_classifier_top1, num_classes=num_classes),
                      in_axes=(0, 0, None, None, None))
     train_x, train_labels = np.asarray(train_x, np.float32), np.asarray(train_labels)
     test_x, test_labels = jnp.asarray(test_x, jnp.float32), jnp.asarray(test_labels, jnp.int32)
     out = {}
     for k in shots:
-        picks = np.stack([fewshot_indices(train_labels, k, seed) for seed in seeds])  # [S, k*C]
+        picks = np.stack([fewshot_indices(train_labels, k, seed, train_ids)
+                          for seed in seeds])   # [S, k*C]
         accuracies = solve(jnp.asarray(train_x[picks]), jnp.asarray(train_labels[picks], jnp.int32),
                            test_x, test_labels, jnp.float32(l2))
         out[k] = float(np.mean(accuracies))

@@ -21,6 +21,9 @@ class LinearProbe(Evaluator):
     larger, else a random subset drawn with the entry's `seed` (the same at every evaluation;
     not the split's first rows, which may hold few classes when a split is sorted by label).
 
+    The held-out part and the few-shot samples are drawn by example index and seed (the
+    rows come ordered by index), so the metrics do not depend on the process count.
+
     Linear probe (CLIP's protocol, with a held-out part of train for the sweep): multinomial
     logistic regression with bias, mean cross-entropy + l2 / 2 ||w||^2 on embeddings
     standardised with the train mean / std, fitted by full-batch L-BFGS on device. Each l2 of
@@ -54,16 +57,17 @@ class LinearProbe(Evaluator):
         return {"z": self.apply(params, (batch["image"],), "encode_image"), "label": batch["label"]}
 
     def features(self, params, split, limit=None):
-        """(embeddings [n, d] float32, labels [n] int32) of a split, in its evaluation order,
-        or of `subset(len(split), limit, seed)` of its rows when a limit is given: only those
-        rows are read and encoded (a streamed dataset is encoded whole, then subset)."""
+        """(embeddings [n, d] float32, labels [n] int32, example ids [n]) of a split in the
+        order of its examples' indices, or of `subset(len(split), limit, seed)` of its rows
+        when a limit is given: only those rows are read and encoded (a streamed dataset is
+        encoded whole, then subset)."""
         if limit is None or not self.dataset.random_access:
             out = self.map_split(self._encode_images, params, self.batch_spec, split=split)
             rows = subset(len(out["label"]), limit, self.seed)
-            return np.float32(out["z"][rows]), np.int32(out["label"][rows])
+            return np.float32(out["z"][rows]), np.int32(out["label"][rows]), out["_index"][rows]
         rows = subset(len(self.dataset.source(self.data_dir, split)), limit, self.seed)
         out = self.map_split(self._encode_images, params, self.batch_spec, split=split, rows=rows)
-        return np.float32(out["z"]), np.int32(out["label"])
+        return np.float32(out["z"]), np.int32(out["label"]), out["_index"]
 
     def num_classes(self, *label_arrays):
         """The dataset's class count, else the largest label seen + 1."""
@@ -71,9 +75,10 @@ class LinearProbe(Evaluator):
         return len(names) if names else int(max(a.max() for a in label_arrays)) + 1
 
     def run(self, params):
-        train_z, train_y = self.features(params, self.train_split, self.max_train_examples)
-        test_z, test_y = self.features(params, self.spec["split"])
-        return probe_metrics(train_z, train_y, test_z, test_y,
+        train_z, train_y, train_ids = self.features(params, self.train_split,
+                                                    self.max_train_examples)
+        test_z, test_y, _ = self.features(params, self.spec["split"])
+        return probe_metrics(train_z, train_y, test_z, test_y, train_ids=train_ids,
                              num_classes=self.num_classes(train_y, test_y), l2_grid=self.l2_grid,
                              val_fraction=self.val_fraction, max_iter=self.max_iter,
                              shots=self.shots, seeds=[(self.seed, s) for s in range(self.seeds)],
@@ -88,14 +93,17 @@ def subset(n, limit, seed):
 
 
 def probe_metrics(train_z, train_y, test_z, test_y, *, num_classes, l2_grid, val_fraction,
-                  max_iter, shots, seeds, fewshot_l2, seed) -> dict:
-    """The evaluator's metrics from train / test embeddings [n, d] / [m, d] and labels."""
+                  max_iter, shots, seeds, fewshot_l2, seed, train_ids=None) -> dict:
+    """The evaluator's metrics from train / test embeddings [n, d] / [m, d] and labels; the
+    held-out rows and few-shot samples are drawn by the train rows' example ids `train_ids`
+    (default 0 .. n-1) and the seeds, whatever order the rows come in."""
     logits, best_l2, _ = linear_models.logistic_probe(
         train_z, train_y, test_z, num_classes=num_classes, l2_grid=l2_grid,
-        val_fraction=val_fraction, seed=seed, max_iter=max_iter)
+        val_fraction=val_fraction, seed=seed, max_iter=max_iter, train_ids=train_ids)
     metrics = {"top1": linear_models.topk_accuracy(logits, test_y, 1), "l2": best_l2}
     if num_classes > 5:
         metrics["top5"] = linear_models.topk_accuracy(logits, test_y, 5)
     fewshot = linear_models.fewshot_top1(train_z, train_y, test_z, test_y, shots=shots,
-                                         seeds=seeds, l2=fewshot_l2, num_classes=num_classes)
+                                         seeds=seeds, l2=fewshot_l2, num_classes=num_classes,
+                                         train_ids=train_ids)
     return metrics | {f"fewshot_{k}shot_top1": v for k, v in fewshot.items()}
