@@ -88,6 +88,7 @@ RANGES = {
     "evals.*.batch_size": "int [1, inf)",
     "evals.*.every": "int [0, inf)",
     "evals.*.seed": "int [0, inf)",
+    "evals.*.min_examples": "int [0, inf)",           # fewer scored: a warning
     "checkpoint.keep": "int [0, inf)",                # 0: keep every step
     "checkpoint.keep_period": "int [0, inf)",
     **{f"mesh.{axis}": "-1 or int [1, inf)" for axis in ("data", "fsdp", "tensor")},

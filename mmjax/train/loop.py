@@ -50,7 +50,8 @@ def evaluate(evals, params):
 
 
 def _summary(results):
-    return ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "step")
+    return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+                     for k, v in results.items() if k != "step")
 
 
 def train(config, workdir, data_dir, weights_only=False):
