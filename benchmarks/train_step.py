@@ -295,7 +295,7 @@ def report_lines(out):
             continue
         flops = "; ".join(f"{s['flops'][c] / 1e9:.3g} GFLOP per step ('{c}'), "
                           f"{s['flop_rate'][c] / 1e9:.3g} GFLOP/s" for c in s["flops"])
-        line = f"{impl}: {s['throughput']:.4g} {out['unit']}; {flops or 'FLOPs not counted'}"
+        line = f"{impl}: {s['throughput']:.1f} {out['unit']}; {flops or 'FLOPs not counted'}"
         if impl in (out.get("ratios") or {}):
             line += f"; mmjax / {impl}: {out['ratios'][impl]:.2f}x the throughput"
             w = out["work"][impl]
