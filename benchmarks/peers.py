@@ -6,6 +6,8 @@ and each library's own model classes and usual loss: HF's MLM head scores every 
 which is what `*ForMaskedLM` does. Install them with the `[bench]` extra into a separate
 environment (benchmarks/README.md); big_vision is a checkout named by $BIG_VISION_DIR
 (benchmarks/big_vision_peer.py). A peer that does not import is reported unavailable.
+Each record carries the FLOPs per step of the peer's own program (workload.FLOP_COUNTERS):
+XLA's cost analysis of the compiled step for the JAX peers, FlopCounterMode for torch.
 """
 
 import resource
@@ -39,10 +41,11 @@ def run(impl, config, name, steps, warmup):
         start = time.perf_counter()
         step(warmup + i)
         times.append(time.perf_counter() - start)
-    record = timing_record(config, name, impl, times, getattr(step, "compile_s", first_s))
-    record.update(version=version, first_step_s=first_s, malloc=malloc_name(),
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    record.update({k: getattr(step, k) for k in ("param_count", "xla_flops") if hasattr(step, k)})
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    flops = step.count_flops() if hasattr(step, "count_flops") else step.flops  # after the timing
+    record = timing_record(config, name, impl, times, getattr(step, "compile_s", first_s), flops)
+    record.update(version=version, first_step_s=first_s, malloc=malloc_name(), peak_rss_mb=peak_rss_mb,
+                  param_count=step.param_count)
     return record
 
 
@@ -125,8 +128,37 @@ def build_hf_flax_clip(config, compiled=False):
     return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
 
 
+def _leading_shapes(count, n):
+    """A FlopCounterMode formula that passes the first n argument shapes to `count`."""
+    def formula(*shapes, out_shape=None, **kwargs):
+        return count(*shapes[:n])
+    return formula
+
+
+def count_torch_flops(run):
+    """FLOPs FlopCounterMode counts while `run()` runs (matmuls, convolutions, attention).
+
+    Its table has the CUDA attention kernels but not the CPU one, which SDPA dispatches to on
+    CPU (`_scaled_dot_product_flash_attention_for_cpu` and its backward); they get the same
+    formulas as the CUDA flash kernel: 2 matmuls forward, 5 backward (the scores recomputed).
+    """
+    torch = import_torch()
+    from torch.utils import flop_counter as fc
+    aten = torch.ops.aten
+    for op, count, n in ((aten._scaled_dot_product_flash_attention_for_cpu, fc.sdpa_flop_count, 3),
+                         (aten._scaled_dot_product_flash_attention_for_cpu_backward,
+                          fc.sdpa_backward_flop_count, 4)):  # (grad_out,) query, key, value
+        if op not in fc.flop_registry:
+            fc.register_flop_formula(op)(_leading_shapes(count, n))
+    with fc.FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
 def torch_peer(config, model, loss_fn, batches, compiled):
-    """An eager (or torch.compile'd model) step: forward, loss, backward, AdamW, zero_grad."""
+    """An eager (or torch.compile'd model) step: forward, loss, backward, AdamW, zero_grad.
+    `step.count_flops()` runs one more step, eager, under count_torch_flops: the compiled
+    model does the same matmuls, but its kernels bypass the counter."""
     torch = import_torch()
     o = config.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
@@ -135,7 +167,7 @@ def torch_peer(config, model, loss_fn, batches, compiled):
     batches = [{k: torch.from_numpy(np.array(v)) for k, v in b.items()} for b in batches]
     bf16 = config.model.dtype == "bfloat16"
 
-    def step(i):
+    def step(i, forward=forward):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(forward, batches[i % len(batches)])
         loss.backward()
@@ -143,6 +175,7 @@ def torch_peer(config, model, loss_fn, batches, compiled):
         opt.zero_grad(set_to_none=True)
 
     step.param_count = sum(p.numel() for p in model.parameters())
+    step.count_flops = lambda: {"matmul": count_torch_flops(lambda: step(0, model))}
     return step
 
 

@@ -10,17 +10,20 @@ float32 and bfloat16 matmuls) in the same process. Prints one JSON line; MFU = a
 FLOP/s (the task's `train_flops`, mmjax/flops.py) / measured peak of the compute dtype.
 
 --peers runs mmjax and each installed peer (benchmarks/peers.py; big_vision when
-BIG_VISION_DIR names a checkout) in fresh processes, in alternating order for `--rounds`
-rounds (at least 3; `--rounds 1 --quick` for a smoke run) so machine noise hits all of them.
-Before each round it waits up to `--settle-s` for the 1-minute load average to fall to
-`--max-load`; a round that starts above it is marked loaded and left out of the ratios.
-Prints one JSON line: each implementation's median, the per-round ratios mmjax / peer, and
-the ratio against the fastest peer.
+BIG_VISION_DIR names a checkout) in fresh processes, for `--rounds` rounds in a balanced
+order (round_order: every implementation runs first equally often, and every two rounds each
+pair runs in both orders), so neither machine noise nor the load a run leaves behind favours
+one of them. Before each round it waits up to `--settle-s` for the 1-minute load average to
+fall to `--max-load`; a round that starts above it is marked loaded and left out of the
+ratios. Prints one JSON line: each implementation's median, the FLOPs per step its own
+program executes and its FLOP/s, the per-round ratios mmjax / peer, the ratio against the
+fastest peer, and the order of every round; the report goes to stderr.
 """
 
 import argparse
 import ctypes.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -32,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import peers
-from benchmarks.workload import (examples_per_step, malloc_name, stand_in_tokenizer,
+from benchmarks.workload import (FLOP_COUNTERS, examples_per_step, malloc_name, stand_in_tokenizer,
                                  synthetic_batches, timing_record, train_flops, unit, xla_flops)
 from mmjax import config as config_lib
 from mmjax import sharding
@@ -80,7 +83,9 @@ def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
     compiled = step.compile(state, put(host_batches[0]))
     compile_s = time.perf_counter() - start
     state, times = time_steps(step, state, host_batches, put, warmup, steps)
-    record = timing_record(config, name, "mmjax", times, compile_s)
+    flops = {"xla": xla_flops(compiled), "matmul": train_flops(config)}
+    record = timing_record(config, name, "mmjax", times, compile_s, flops)
+    record["flops_per_step"] = flops["matmul"]  # mmjax/flops.py's model FLOPs: the MFU numerator
     record["achieved_flops"] = record["flops_per_step"] / record["step_time_s"]
     memory = compiled.memory_analysis()
     if memory is not None:
@@ -90,8 +95,7 @@ def run_mmjax(config, name, steps, warmup, measure_peak=True, peak_n=None):
         record.update(peak_flops=peaks.get(config.model.dtype, peaks["float32"]),
                       peak_flops_float32=peaks["float32"], peak_flops_bfloat16=peaks["bfloat16"])
         record["mfu"] = record["achieved_flops"] / record["peak_flops"]
-    record.update(param_count=sum(x.size for x in jax.tree.leaves(state.params)),
-                  xla_flops=xla_flops(compiled))
+    record["param_count"] = sum(x.size for x in jax.tree.leaves(state.params))
     record.update(peak_rss_mb=peak_rss_mb(), peak_device_mb=peak_device_mb(),
                   model={k: config.model[k] for k in ("scan", "remat", "attention")},
                   device=jax.devices()[0].device_kind, device_count=jax.device_count(),
@@ -134,15 +138,34 @@ def run_process(args, impl):
     return dict(result, load_avg_start=load)
 
 
+def round_order(impls, r):
+    """The order of round r: rounds come in pairs, one rotation of `impls` and then the same
+    reversed; the rotation moves two places per pair (one for two implementations: ABBA).
+
+    Every two rounds each pair of implementations runs in both orders and each one's mean
+    position is the same; each runs first equally often over balanced_rounds(len(impls)).
+    """
+    n = len(impls)
+    shift = ((r // 2) * (2 if n > 2 else 1)) % max(n, 1)
+    rotated = impls[shift:] + impls[:shift]
+    return rotated if r % 2 == 0 else rotated[::-1]
+
+
+def balanced_rounds(n):
+    """The fewest rounds, at least 4, in which round_order puts each of n implementations
+    first equally often: a multiple of n (n even) or of 2n (n odd)."""
+    period = n if n % 2 == 0 else 2 * n
+    return period * math.ceil(4 / period)
+
+
 def run_peers(args, name, config):
-    """mmjax and every peer of the task, each in a fresh process, alternating for args.rounds."""
+    """mmjax and every peer of the task, each in a fresh process, in round_order for
+    args.rounds rounds (None: balanced_rounds of the implementations that ran in round 0)."""
     impls = ["mmjax", *peers.PEERS.get(config.task, ())]
-    rounds, unavailable = [], {}
-    for r in range(args.rounds):
+    rounds, unavailable, total, r = [], {}, args.rounds, 0
+    while total is None or r < total:
         start_load, results = settle(args.max_load, args.settle_s), {}
-        for impl in impls if r % 2 == 0 else impls[::-1]:
-            if impl in unavailable:
-                continue
+        for impl in round_order([i for i in impls if i not in unavailable], r):
             result = run_process(args, impl)
             print(f"round {r} {impl} (load {result['load_avg_start']:.2f}): "
                   + (f"{result['throughput']:.1f} {result['unit']}" if "throughput" in result
@@ -152,7 +175,11 @@ def run_peers(args, name, config):
             else:
                 unavailable[impl] = result["reason"]
         rounds.append({"round": r, "load_avg_start": start_load, "results": results})
-    return dict(summarize(config, name, rounds, unavailable, args.max_load), quick=args.quick)
+        total = total or balanced_rounds(max(len(impls) - len(unavailable), 1))
+        r += 1
+    out = dict(summarize(config, name, rounds, unavailable, args.max_load), quick=args.quick)
+    print("\n".join(report_lines(out)), file=sys.stderr)
+    return out
 
 
 def mark_loaded(rounds, max_load):
@@ -164,15 +191,18 @@ def mark_loaded(rounds, max_load):
 
 
 def impl_summary(config, records):
-    """One implementation over its runs: median step time (and throughput at it), best compile."""
+    """One implementation over its runs: median step time (and throughput at it), best compile,
+    the FLOPs per step its own program executes and its FLOP/s at the median step time."""
     median = statistics.median(r["step_time_s"] for r in records)
     first = records[0]
+    flops = first.get("flops", {})  # counted from the program, the same in every run
     out = {"throughput": examples_per_step(config) / median, "step_time_s": median,
+           "flops": flops, "flop_rate": {k: v / median for k, v in flops.items()},
            "compile_s": min(r["compile_s"] for r in records),
            "peak_rss_mb": max(r["peak_rss_mb"] for r in records)}
     out.update({k: max(r[k] for r in records) for k in (  # the least disturbed peak
         "peak_flops", "peak_flops_float32", "peak_flops_bfloat16") if k in first})
-    out.update({k: first[k] for k in ("version", "param_count", "xla_flops") if k in first})
+    out.update({k: first[k] for k in ("version", "param_count") if k in first})
     return out
 
 
@@ -185,7 +215,7 @@ def compare(summary, used, max_load):
               if not used else None)
     out = {"fastest_peer": max(peer_tp, key=peer_tp.get) if peer_tp else None}
     if reason:
-        return dict(out, ratios=None, round_ratios=None, ratio_vs_fastest_peer=None,
+        return dict(out, ratios=None, round_ratios=None, ratio_vs_fastest_peer=None, work=None,
                     ratio_reason=reason)
     mine = summary["mmjax"]["throughput"]
     out["ratios"] = {k: mine / v for k, v in peer_tp.items()}
@@ -194,7 +224,18 @@ def compare(summary, used, max_load):
                            for k in peer_tp}
     out["ratio_vs_fastest_peer"] = out["ratios"][out["fastest_peer"]]
     out["round_ratios_vs_fastest_peer"] = out["round_ratios"][out["fastest_peer"]]
+    out["work"] = {k: work(summary["mmjax"], summary[k]) for k in peer_tp}
     return out
+
+
+def work(mine, theirs):
+    """mmjax / peer in FLOPs per step and in FLOP/s, by a counter both have (XLA's first);
+    None when they share none."""
+    counter = next((c for c in FLOP_COUNTERS if c in mine["flops"] and c in theirs["flops"]), None)
+    if counter is None:
+        return None
+    return {"counter": counter, "flops_ratio": mine["flops"][counter] / theirs["flops"][counter],
+            "flop_rate_ratio": mine["flop_rate"][counter] / theirs["flop_rate"][counter]}
 
 
 def summarize(config, name, rounds, unavailable, max_load=1.0):
@@ -212,19 +253,59 @@ def summarize(config, name, rounds, unavailable, max_load=1.0):
         summary[impl] = impl_summary(config, records) if records else {}
         summary[impl]["round_throughputs"] = [r["results"][impl]["throughput"]
                                               if impl in r["results"] else None for r in rounds]
-    out = {"config": name, "unit": unit(config), "flops_per_step": train_flops(config),
+    out = {"config": name, "unit": unit(config), "batch_size": config.train.batch_size,
+           "flop_counters": {k: f"{v}, per step of {config.train.batch_size} examples"
+                             for k, v in FLOP_COUNTERS.items()},
            "results": summary, "unavailable": unavailable, "load_avg": load_avg(),
            "malloc": malloc_name(), "max_load": max_load, "rounds_total": len(rounds),
            "rounds_used": len(used),
            "rounds": [{"round": r["round"], "load_avg_start": r["load_avg_start"],
                        "loaded": r["loaded"], "order": list(r["results"]),
                        "run_load_avg_start": {k: v.get("load_avg_start")
-                                              for k, v in r["results"].items()}} for r in rounds]}
+                                              for k, v in r["results"].items()}} for r in rounds],
+           "order_balance": order_balance(used)}
     if "peak_flops" in summary.get("mmjax", {}):
-        achieved = out["flops_per_step"] / summary["mmjax"]["step_time_s"]
+        achieved = train_flops(config) / summary["mmjax"]["step_time_s"]
         summary["mmjax"]["mfu"] = achieved / summary["mmjax"]["peak_flops"]
     out.update(compare(summary, used, max_load))
     return out
+
+
+def order_balance(used):
+    """Over the rounds the ratios use: how often each implementation ran first, and for each
+    peer how often mmjax ran before it and after it."""
+    orders = [list(r["results"]) for r in used]
+    impls = list(dict.fromkeys(k for o in orders for k in o))
+    first = {k: sum(o[0] == k for o in orders if o) for k in impls}
+    pairs = {k: [o.index("mmjax") < o.index(k) for o in orders if {"mmjax", k} <= set(o)]
+             for k in impls if k != "mmjax"}
+    return {"rounds": len(orders), "first": first,
+            "mmjax_before": {k: sum(v) for k, v in pairs.items()},
+            "mmjax_after": {k: len(v) - sum(v) for k, v in pairs.items()}}
+
+
+def report_lines(out):
+    """The summary in words: which FLOPs, then per implementation its throughput, FLOPs per
+    step, FLOP/s and mmjax / it in each."""
+    used = sorted({c for s in out["results"].values() for c in s.get("flops", {})})
+    lines = [f"{out['config']}, FLOPs '{c}': {out['flop_counters'][c]}" for c in used]
+    for impl, s in out["results"].items():
+        if "throughput" not in s:
+            lines.append(f"{impl}: ran only in loaded rounds")
+            continue
+        flops = "; ".join(f"{s['flops'][c] / 1e9:.3g} GFLOP per step ('{c}'), "
+                          f"{s['flop_rate'][c] / 1e9:.3g} GFLOP/s" for c in s["flops"])
+        line = f"{impl}: {s['throughput']:.1f} {out['unit']}; {flops or 'FLOPs not counted'}"
+        if impl in (out.get("ratios") or {}):
+            line += f"; mmjax / {impl}: {out['ratios'][impl]:.2f}x the throughput"
+            w = out["work"][impl]
+            line += (f", {w['flops_ratio']:.2f}x the FLOPs per step and {w['flop_rate_ratio']:.2f}x "
+                     f"the FLOP/s ('{w['counter']}')" if w else ", no FLOP counter in common")
+        lines.append(line)
+    b = out.get("order_balance", {})
+    lines.append(f"order over {b.get('rounds', 0)} used rounds: first {b.get('first')}, "
+                 f"mmjax before / after each peer {b.get('mmjax_before')} / {b.get('mmjax_after')}")
+    return lines
 
 
 def preload_tcmalloc(argv):
@@ -247,8 +328,10 @@ def parse_args(argv=None):
     p.add_argument("config", help="a config file, e.g. configs/bench_mlm_s.py")
     p.add_argument("--steps", type=int, default=10, help="timed steady-state steps (>= 7)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
-    p.add_argument("--peers", action="store_true", help="also run the installed peers, alternating")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of alternating runs with --peers (>= 3)")
+    p.add_argument("--peers", action="store_true", help="also run the installed peers, in a balanced order")
+    p.add_argument("--rounds", type=int,
+                   help="rounds with --peers (even, >= 4; default: the fewest in which every "
+                        "implementation that runs is first equally often)")
     p.add_argument("--quick", action="store_true",
                    help="allow --rounds below 3 (smoke runs, not measurements)")
     p.add_argument("--max-load", type=float, default=1.0,
@@ -266,19 +349,20 @@ def parse_args(argv=None):
     if bad:
         p.error(f"unknown arguments {bad}; config overrides look like --config.train.batch_size=8")
     args.overrides = overrides
-    problem = check_rounds(args.rounds, args.quick) if args.peers else None
+    problem = check_rounds(args.rounds, args.quick) if args.peers and args.rounds is not None else None
     if problem:
         p.error(problem)
     return args
 
 
 def check_rounds(rounds, quick):
-    """Why `rounds` alternating rounds are refused (None when they are not)."""
+    """Why `rounds` rounds are refused (None when they are not)."""
     if rounds < 1:
         return f"--rounds {rounds}: at least 1"
-    if rounds < 3 and not quick:
-        return (f"--rounds {rounds}: --peers reports medians and per-round ratios over at least 3 "
-                "alternating rounds; add --quick for a smoke run with fewer")
+    if (rounds < 4 or rounds % 2) and not quick:
+        return (f"--rounds {rounds}: --peers reports medians and per-round ratios over an even "
+                "number of rounds, at least 4, so that each pair runs in both orders equally "
+                "often; leave --rounds out for a balanced count, or add --quick for a smoke run")
     return None
 
 

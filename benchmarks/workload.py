@@ -1,7 +1,7 @@
 """What every implementation in a benchmark shares: synthetic batches of a config's shapes,
 the stand-in tokenizer, the throughput unit and the timing record (mmjax and peers alike),
-XLA's FLOPs of a compiled step, and the timed AdamW step of the JAX peers (HF Flax and
-big_vision, in peers.py and big_vision_peer.py)."""
+the FLOP counters (XLA's FLOPs of a compiled step), and the timed AdamW step of the JAX
+peers (HF Flax and big_vision, in peers.py and big_vision_peer.py)."""
 
 import os
 import statistics
@@ -73,17 +73,30 @@ def synthetic_batches(config, count=4, seed=0):
     return batches
 
 
+# Each implementation's record counts the FLOPs its own program executes, by one or both of:
+FLOP_COUNTERS = {
+    "xla": "XLA cost-analysis FLOPs of the implementation's compiled train step (every op: "
+           "matmuls, attention, elementwise, reductions, the optimizer update)",
+    "matmul": "matmul, convolution and attention FLOPs of one train step, forward and backward "
+              "(torch: torch.utils.flop_counter.FlopCounterMode over one eager step; mmjax: "
+              "mmjax/flops.py's analytical count, the MFU numerator)",
+}
+
+
 def malloc_name():
     return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
 
 
-def timing_record(config, name, impl, times, compile_s):
-    """The keys every implementation reports, from its step times."""
+def timing_record(config, name, impl, times, compile_s, flops):
+    """The keys every implementation reports, from its step times and the FLOPs per step its
+    own program executes ({counter: FLOPs}, FLOP_COUNTERS); `flop_rate` is FLOPs / median step time."""
     median = statistics.median(times)
+    flops = {k: v for k, v in flops.items() if v is not None}
     return {"config": name, "impl": impl, "unit": unit(config),
             "throughput": examples_per_step(config) / median, "step_time_s": median,
             "step_time_min_s": min(times), "step_time_max_s": max(times), "steps": len(times),
-            "compile_s": compile_s, "flops_per_step": train_flops(config),
+            "compile_s": compile_s, "flops": flops,
+            "flop_rate": {k: v / median for k, v in flops.items()},
             "batch_size": config.train.batch_size, "dtype": config.model.dtype}
 
 
@@ -111,7 +124,7 @@ def flax_peer(config, model, loss_fn, batches):
         jax.block_until_ready(loss)
 
     step.compile_s, step.param_count = compile_s, sum(x.size for x in jax.tree.leaves(params))
-    step.xla_flops = xla_flops(compiled)
+    step.flops = {"xla": xla_flops(compiled)}
     return step
 
 

@@ -1,5 +1,7 @@
 """The benchmark harness runs a tiny config end to end, its FLOPs formula matches a count of the
-step's matmuls, and the peers' builders make models of mmjax's size that train."""
+step's matmuls, the peers' builders make models of mmjax's size that train, each
+implementation's record carries the FLOPs its own program executes, and rounds run in a
+balanced order."""
 
 import importlib.util
 import json
@@ -7,10 +9,12 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
 import jax.extend.core as jex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -102,6 +106,9 @@ def test_harness_prints_one_json_line_with_the_keys(name):
     assert set(KEYS) <= set(record)
     assert record["config"] == name and record["throughput"] > 0 and 0 < record["mfu"]
     assert record["flops_per_step"] == workload.train_flops(load(name))
+    flops, rate = record["flops"], record["flop_rate"]
+    assert flops["matmul"] == record["flops_per_step"] and flops["xla"] > 0
+    assert rate == {k: pytest.approx(v / record["step_time_s"]) for k, v in flops.items()}
 
 
 def test_host_memory_reports_each_phase_and_xla_figures():
@@ -189,15 +196,147 @@ def test_no_ratio_when_every_round_was_loaded():
     assert out["results"]["mmjax"]["throughput"] == pytest.approx(100.0)  # medians still shown
 
 
-def test_fewer_than_three_rounds_are_refused_unless_quick():
+def test_summary_gives_each_implementation_its_own_flops_and_flop_rate():
+    """Fabricated runs of mmjax (pruned: fewer FLOPs; XLA's and the analytical count),
+    big_vision (XLA's count) and open_clip (FlopCounterMode's): each keeps its own FLOPs per
+    step, FLOP/s = FLOPs x steps/s at its median step time, and mmjax / peer is given in
+    FLOPs and FLOP/s by the counter both have; the report says which FLOPs, per what."""
+    config = load("bench_clip_s")  # batch 8
+    flops = {"mmjax": {"xla": 100e9, "matmul": 97e9}, "big_vision": {"xla": 124e9},
+             "open_clip": {"matmul": 122e9}}
+    tps = {"mmjax": [80.0, 78.0, 70.0, 79.0], "big_vision": [60.0, 61.0, 59.0, 65.5],
+           "open_clip": [74.0, 70.0, 75.0, 73.0]}
+    rounds = [{"round": i, "load_avg_start": 0.5,
+               "results": {k: record(v[i], flops=flops[k]) for k, v in tps.items()}} for i in range(4)]
+    out = train_step.summarize(config, "bench_clip_s", rounds, {})
+    steps_per_s = {k: 1 / np.median([8 / t for t in v]) for k, v in tps.items()}
+    for impl, counts in flops.items():
+        got = out["results"][impl]
+        assert got["flops"] == counts
+        assert got["flop_rate"] == {k: pytest.approx(v * steps_per_s[impl]) for k, v in counts.items()}
+    assert out["work"]["big_vision"] == {"counter": "xla", "flops_ratio": pytest.approx(100 / 124),
+                                         "flop_rate_ratio": pytest.approx(
+                                             100 * steps_per_s["mmjax"] / (124 * steps_per_s["big_vision"]))}
+    assert out["work"]["open_clip"]["counter"] == "matmul"
+    assert out["work"]["open_clip"]["flops_ratio"] == pytest.approx(97 / 122)
+    assert "flops_per_step" not in out  # no one figure for every implementation
+    report = "\n".join(train_step.report_lines(out))
+    assert "XLA cost-analysis FLOPs" in report and "FlopCounterMode" in report
+    assert "per step of 8 examples" in report
+    bv = next(line for line in report.splitlines() if line.startswith("big_vision:"))
+    assert "124 GFLOP per step ('xla')" in bv and f"{124 * steps_per_s['big_vision']:.3g} GFLOP/s" in bv
+
+
+def encoder_train_flops(b, n, e, f, depth):
+    """Pre-/post-LN encoder layers in torch by hand: q, k, v, output projection and MLP 3x
+    forward (input and weight gradients); SDPA's 2 matmuls forward and 5 backward (its
+    backward recomputes the scores: FlopCounterMode's count for the fused kernels)."""
+    return depth * (3 * 2 * b * n * (4 * e * e + 2 * e * f) + 7 * 2 * b * n * n * e)
+
+
+@pytest.mark.parametrize("impl,name", [("hf_torch", "bench_mlm_s"), ("open_clip", "bench_clip_s")])
+def test_torch_peers_record_the_flops_they_execute(impl, name):
+    """Neither peer prunes its last layer, and HF's MLM head scores all 16 positions where
+    mmjax's scores the 3 masked slots: their records carry their own, larger count (a hand
+    count of their step), not mmjax's."""
+    config = load(name)
+    out = peers.run(impl, config, name, steps=2, warmup=1)
+    assert "flops" in out, out.get("reason")
+    b, t, i = config.train.batch_size, config.model.text, config.model.image
+    if impl == "hf_torch":  # tied head (transform, decoder) at every position
+        hand = (encoder_train_flops(b, t.context_length, t.width, t.mlp_dim, t.depth)
+                + 3 * 2 * b * t.context_length * (t.width ** 2 + t.width * t.vocab_size))
+    else:  # patch conv (no input gradient), ViT with a class token, text tower, projections, logits
+        patches, c = (config.data.image_size // i.patch_size) ** 2, config.data.image_channels
+        hand = (2 * 2 * b * patches * i.patch_size ** 2 * c * i.width
+                + encoder_train_flops(b, patches + 1, i.width, i.mlp_dim, i.depth)
+                + encoder_train_flops(b, t.context_length, t.width, t.mlp_dim, t.depth)
+                + 3 * 2 * b * (i.width + t.width) * config.model.embed_dim
+                + 3 * 2 * 2 * b * b * config.model.embed_dim)
+    assert out["flops"] == {"matmul": hand}
+    assert hand > 1.3 * workload.train_flops(config)  # mmjax's pruned step does less
+    assert out["flop_rate"]["matmul"] == pytest.approx(hand / out["step_time_s"])
+    assert "flops_per_step" not in out
+
+
+def test_a_jax_peer_records_its_compiled_programs_flops(monkeypatch):
+    """A JAX peer (workload.flax_peer, as HF Flax and big_vision use it) of one 64x256 @ 256x256
+    matmul: its record carries XLA's count of its own compiled step, the matmul forward and
+    its weight gradient (4·b·i·o) plus the few elementwise FLOPs of the loss and AdamW."""
+    b, i, o = 64, 256, 256
+    rng = np.random.default_rng(0)
+
+    def build(config, compiled=False):
+        holder = types.SimpleNamespace(params={"w": jnp.asarray(rng.standard_normal((i, o)), jnp.float32)})
+        batches = [{"x": rng.standard_normal((b, i), dtype=np.float32)} for _ in range(2)]
+        loss_fn = lambda params, batch: jnp.mean((batch["x"] @ params["w"]) ** 2)  # noqa: E731
+        return workload.flax_peer(config, holder, loss_fn, batches), "toy"
+
+    monkeypatch.setitem(peers.BUILDERS, ("clip", "toy_jax"), build)
+    config = load("bench_clip_s")
+    out = peers.run("toy_jax", config, "bench_clip_s", steps=2, warmup=1)
+    assert set(out["flops"]) == {"xla"}
+    assert 4 * b * i * o <= out["flops"]["xla"] <= 1.15 * 4 * b * i * o
+    assert out["flops"]["xla"] != workload.train_flops(config)
+    assert out["flop_rate"]["xla"] == pytest.approx(out["flops"]["xla"] / out["step_time_s"])
+
+
+def test_rounds_below_four_or_odd_are_refused_unless_quick():
     config = "configs/bench_clip_s.py"
-    with pytest.raises(SystemExit):
-        train_step.parse_args([config, "--peers", "--rounds", "2"])
+    for rounds in ("2", "3", "5"):
+        with pytest.raises(SystemExit):
+            train_step.parse_args([config, "--peers", "--rounds", rounds])
     with pytest.raises(SystemExit):
         train_step.parse_args([config, "--peers", "--rounds", "0", "--quick"])
     assert "--quick" in train_step.check_rounds(1, quick=False)
     assert train_step.parse_args([config, "--peers", "--rounds", "1", "--quick"]).rounds == 1
-    assert train_step.parse_args([config, "--peers"]).rounds == 3
+    assert train_step.parse_args([config, "--peers", "--rounds", "6"]).rounds == 6
+    assert train_step.parse_args([config, "--peers"]).rounds is None  # balanced_rounds
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_round_order_is_balanced(n):
+    impls = [f"impl{i}" for i in range(n)]
+    rounds = train_step.balanced_rounds(n)
+    orders = [train_step.round_order(impls, r) for r in range(rounds)]
+    assert rounds >= 4 and all(sorted(o) == impls for o in orders)
+    assert {k: sum(o[0] == k for o in orders) for k in impls} == dict.fromkeys(impls, rounds // n)
+    for a in impls:  # every two rounds, each pair in both orders
+        for b in impls:
+            if a != b:
+                assert [o.index(a) < o.index(b) for o in orders[0::2]] == [
+                    o.index(a) > o.index(b) for o in orders[1::2]]
+    if n == 2:
+        assert orders == [impls, impls[::-1], impls[::-1], impls]  # ABBA
+
+
+def test_peer_rounds_run_in_a_balanced_order(monkeypatch):
+    """--peers with one peer unavailable: the others (mmjax and two peers) each run first in
+    as many rounds, mmjax runs before each peer in half of them, and the rounds record the
+    order the processes ran in."""
+    config = load("bench_mlm_s")  # peers: hf_flax, hf_torch, hf_torch_compiled
+    calls = []
+
+    def run_process(args, impl):
+        calls.append(impl)
+        if impl == "hf_flax":
+            return {"available": False, "reason": "ImportError: no Flax", "load_avg_start": 0.1}
+        return record(100.0, impl=impl, unit="tokens/s", flops={"matmul": 1e9})
+
+    monkeypatch.setattr(train_step, "run_process", run_process)
+    args = train_step.parse_args(["configs/bench_mlm_s.py", "--peers", "--settle-s", "0",
+                                  "--max-load", "1000"])
+    out = train_step.run_peers(args, "bench_mlm_s", config)
+    orders = [r["order"] for r in out["rounds"]]
+    assert [c for c in calls if c != "hf_flax"] == [impl for order in orders for impl in order]
+    ran = ("mmjax", "hf_torch", "hf_torch_compiled")
+    assert calls.count("hf_flax") == 1 and all(sorted(o) == sorted(ran) for o in orders)
+    firsts = [o[0] for o in orders]
+    assert len(set(firsts.count(k) for k in ran)) == 1, f"first in each round: {firsts}"
+    for peer in ran[1:]:
+        before = [o.index("mmjax") < o.index(peer) for o in orders]
+        assert sum(before) * 2 == len(orders), f"mmjax before {peer}: {before}"
+    assert out["order_balance"]["first"] == {k: firsts.count(k) for k in ran}
 
 
 def test_big_vision_peer_is_unavailable_without_a_checkout(monkeypatch):
