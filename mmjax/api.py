@@ -75,7 +75,7 @@ class Model:
         [n, S, S, C], exactly as the evaluators see them."""
         def pixels(image):
             if hasattr(image, "convert"):   # a PIL image
-                image = np.asarray(image.convert("RGB" if self.image_options.channels == 3 else "L"))
+                image = np.asarray(image_ops.to_mode(image, self.image_options.channels))
             return self._eval_image.map({"image": image})["image"]
         stacked = np.stack([pixels(image) for image in images])
         return image_ops.normalise(stacked, self.image_options)
