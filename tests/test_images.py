@@ -58,3 +58,15 @@ def test_16_bit_rgb_png_keeps_its_high_byte():
 def test_16_bit_pil_image_to_mode():
     gray = Image.open(io.BytesIO(_pil_png(SIXTEEN)))
     np.testing.assert_array_equal(np.asarray(images.to_mode(gray, 1)), SIXTEEN // 256)
+
+
+@pytest.mark.parametrize("fmt,max_side", [("PNG", 32), ("TIFF", None)])
+def test_data_build_re_encodes_16_bit_gray_by_its_high_byte(fmt, max_side):
+    """`mmjax data build` re-encodes a resized image or a format it does not keep (TIFF): a flat
+    16-bit gray 40000 is 40000 >> 8 = 156 after it (within JPEG's rounding), not 255."""
+    from mmjax.data.build.process import image_bytes
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 40000, np.uint16)).save(buffer, format=fmt)
+    stored = image_bytes(buffer.getvalue(), max_side)
+    out = _decoded(stored, 1)
+    assert np.abs(out.astype(int) - 40000 // 256).max() <= 1, np.unique(out)
