@@ -212,24 +212,33 @@ def load(fmt, src, base_config=None, overrides=()):
                                                         fam.DEFAULT_BASE), overrides)
     ref_config, tensors = fam.load(src)
     config = fam.mmjax_config(ref_config, base)
-    _explicit_overrides_win(config, overrides, fmt, src)
-    params, fresh = _reference_params(fmt, config, tensors)
+    replaced = _explicit_overrides_win(config, overrides, fmt, src)
+    try:
+        params, fresh = _reference_params(fmt, config, tensors)
+    except ValueError as e:
+        if not replaced:
+            raise
+        raise ValueError(f"{e}; drop {', '.join('--config.' + k for k in replaced)}: the {fmt} "
+                         f"weights set {'it' if len(replaced) == 1 else 'them'}") from None
     config_lib.validate(config)
     return config, params, fresh
 
 
 def _explicit_overrides_win(config, overrides, fmt, src):
     """Re-applies the command-line `overrides` over what the reference set; a value that
-    differs from the reference's is a warning line naming both."""
+    differs from the reference's is a warning line naming both. Returns those keys."""
+    replaced = []
     for override in overrides:
         key = override.partition("=")[0].removeprefix("--").removeprefix("config.")
         before = _value(config, key)
         config_lib.apply_override(config, override)
         after = _value(config, key)
         if after != before:
+            replaced.append(key)
             log.warning("%s=%r from the command line replaces the %r of the %s weights at %s: the "
                         "import will not reproduce the source", key, after, before,
                         fmt, src)
+    return replaced
 
 
 def write_workdir(config, params, workdir, data_dir, note=("", "")):

@@ -134,6 +134,9 @@ def test_an_explicit_override_wins_in_one_warning_line(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "data.mean=(0.5, 0.5, 0.5)" in lines[0] and "(0.1, 0.2, 0.3)" in lines[0], lines[0]
+    # One the weights cannot take is refused naming the flag to drop.
+    with pytest.raises(ValueError, match=r"patch_embed/kernel.*drop --config.data.image_channels: the open_clip"):
+        export.load("open_clip", given, "configs/smoke_clip.py", ["--config.data.image_channels=1"])
 
 
 def test_a_resize_mmjax_does_not_do_is_one_warning_line(tmp_path, caplog):

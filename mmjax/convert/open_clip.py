@@ -131,8 +131,8 @@ def mmjax_config(ref_config, base):
         mean, std, notes = read_preprocess(ref_config)
         config.data.update(mean=mean, std=std)
         if notes:
-            log.warning("open_clip import: %s; mmjax's evaluation images will differ slightly from "
-                        "open_clip's", "; ".join(notes))
+            log.warning("open_clip import: %s: mmjax's evaluation images will not be open_clip's",
+                        "; ".join(notes))
     return config
 
 
