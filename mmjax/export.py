@@ -156,6 +156,17 @@ def from_reference(family, ref_config, tensors, base):
     return (config, *_reference_params(family, config, tensors))
 
 
+def _say_what_the_weights_set(config, base, base_config, fmt, src):
+    """One warning line naming the data settings `base_config` sets (to other than the defaults)
+    that the weights set otherwise (image size, channels, mean / std): the weights' are used."""
+    defaults = config_lib.defaults().data
+    changed = [f"data.{k}={config.data[k]!r} (not {base.data[k]!r})" for k in config.data
+               if config.data[k] != base.data[k] and base.data[k] != defaults.get(k)]
+    if changed:
+        log.warning("the %s weights at %s set %s over what %s says; a --config.KEY=VALUE flag "
+                    "chooses otherwise", fmt, src, ", ".join(changed), base_config)
+
+
 def _value(config, dotted):
     for name in dotted.split("."):
         config = config.get(name) if hasattr(config, "get") else None
@@ -213,6 +224,8 @@ def load(fmt, src, base_config=None, overrides=()):
     ref_config, tensors = fam.load(src)
     config = fam.mmjax_config(ref_config, base)
     replaced = _explicit_overrides_win(config, overrides, fmt, src)
+    if base_config:
+        _say_what_the_weights_set(config, base, base_config, fmt, src)
     try:
         params, fresh = _reference_params(fmt, config, tensors)
     except ValueError as e:

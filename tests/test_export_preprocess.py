@@ -128,7 +128,7 @@ def test_import_takes_the_files_statistics_or_open_clips_defaults(tmp_path):
 def test_an_explicit_override_wins_in_one_warning_line(tmp_path, caplog):
     given = _open_clip_dir(tmp_path / "given", {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]})
     with caplog.at_level(logging.WARNING):
-        config, _, _ = export.load("open_clip", given, "configs/smoke_clip.py",
+        config, _, _ = export.load("open_clip", given, None,   # the default base config
                                    ["--config.data.mean=(0.5, 0.5, 0.5)", "--config.train.steps=7"])
     assert config.data.mean == (0.5, 0.5, 0.5) and config.data.std == pytest.approx((0.4, 0.5, 0.6))
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -139,9 +139,22 @@ def test_an_explicit_override_wins_in_one_warning_line(tmp_path, caplog):
         export.load("open_clip", given, "configs/smoke_clip.py", ["--config.data.image_channels=1"])
 
 
+def test_a_config_file_that_sets_the_mean_is_named_in_one_warning_line(tmp_path, caplog):
+    given = _open_clip_dir(tmp_path / "given", {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]})
+    with caplog.at_level(logging.WARNING):
+        export.load("open_clip", given, "configs/smoke_clip.py")   # it sets data.mean = std = 0.5
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "data.mean=(0.1, 0.2, 0.3) (not (0.5, 0.5, 0.5))" in lines[0], lines
+    assert "configs/smoke_clip.py" in lines[0] and "data.std=" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        export.load("open_clip", given)   # the default base is not the user's word: no line
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_a_resize_mmjax_does_not_do_is_one_warning_line(tmp_path, caplog):
     folder = _open_clip_dir(tmp_path / "squash", {"interpolation": "bilinear", "resize_mode": "squash"})
     with caplog.at_level(logging.WARNING):
-        export.load("open_clip", folder, "configs/smoke_clip.py")
+        export.load("open_clip", folder)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "bilinear" in lines[0] and "squash" in lines[0], lines

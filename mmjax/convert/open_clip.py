@@ -95,7 +95,8 @@ def read_preprocess(file_cfg):
                                      if v is not None}}
     notes = [f"preprocess_cfg {k}={cfg[k]!r} (mmjax resizes with {k}={v!r})"
              for k, v in MMJAX_RESIZE.items() if cfg[k] != v]
-    return tuple(float(x) for x in cfg["mean"]), tuple(float(x) for x in cfg["std"]), notes
+    rgb = lambda x: tuple(float(v) for v in x) if isinstance(x, (list, tuple)) else (float(x),) * 3
+    return rgb(cfg["mean"]), rgb(cfg["std"]), notes
 
 
 def mmjax_config(ref_config, base):
