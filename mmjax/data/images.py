@@ -2,8 +2,8 @@
 `data.image_size` with `data.image_channels`, as uint8; `normalise` makes model inputs.
 
 Images arrive as encoded bytes (JPEG/PNG/WebP, as `mmjax data build` stores them) or as
-uint8 arrays (the built-in digits); 16-bit images (PNG, uint16 arrays) keep their high byte. JPEGs are decoded by simplejpeg (libjpeg-turbo) at the
-smallest n/8 DCT scale that still covers the crop at the output size, then resized with
+uint8 arrays (the built-in digits); 16-bit images (PNG, uint16 arrays) keep their high byte.
+JPEGs are decoded by simplejpeg (libjpeg-turbo) at the smallest n/8 DCT scale that still covers the crop at the output size, then resized with
 Pillow's bicubic filter; other formats by Pillow. Chosen by measurement
 (benchmarks/image_decoders.py): 1.3-1.5x Pillow at web sizes (<= 640 px), ~4x at 2048 px,
 within 1.3/255 of Pillow's full decode; OpenCV's resize was ~20% faster still, but a 150 MB
