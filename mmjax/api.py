@@ -1,7 +1,7 @@
 """Use a trained or imported model from Python:
 
     import mmjax
-    model = mmjax.load("runs/smoke_clip")          # a workdir, or an `mmjax export --format params` dir
+    model = mmjax.load("runs/smoke_clip")          # a workdir, a params export or an open_clip dir
     z_image = model.encode_image(images)            # uint8 arrays, encoded bytes or PIL images -> [n, d]
     z_text = model.encode_text(["a photo of the digit seven"])
     probs = (100 * z_image @ z_text.T)              # embeddings are L2-normalised
@@ -28,16 +28,20 @@ from mmjax.data.tokenizers import get_tokenizer
 
 def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
          batch_size: int = 64) -> Model:
-    """The model of a workdir (its newest checkpoint, or `step`) or of a params export.
-    `data_dir` holds a trained WordPiece vocabulary (the one the run used)."""
+    """The model of a workdir (its newest checkpoint, or `step`), of a params export or of an
+    open_clip local dir (its preprocess_cfg's mean / std included). `data_dir` holds a trained
+    WordPiece vocabulary (the one the run used)."""
     from mmjax import export  # Lazy: orbax.
+    from mmjax.convert import open_clip
     if (paths.resolve(path) / "checkpoints").is_dir():
         config, _, params = export.read_checkpoint(path, step)
     elif (paths.resolve(path) / export.PARAMS_DIR).is_dir():
         config, params = export.load_params(path)
+    elif (paths.resolve(path) / open_clip.CONFIG_FILE).is_file():
+        config, params, _ = export.load("open_clip", path)
     else:
-        raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/) nor an "
-                                f"`mmjax export --format params` directory")
+        raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/), an `mmjax export "
+                                f"--format params` directory nor an open_clip one ({open_clip.CONFIG_FILE})")
     data = config.data
     corpus = tuple(data.get("tokenizer_data") or ()) or tuple(n for n, _ in parse_mixture(data.train))
     tokenizer = get_tokenizer(data.tokenizer, data_dir, corpus, data.get("vocab_file", ""))
@@ -75,7 +79,7 @@ class Model:
         [n, S, S, C], exactly as the evaluators see them."""
         def pixels(image):
             if hasattr(image, "convert"):   # a PIL image
-                image = np.asarray(image.convert("RGB" if self.image_options.channels == 3 else "L"))
+                image = np.asarray(image_ops.to_mode(image, self.image_options.channels))
             return self._eval_image.map({"image": image})["image"]
         stacked = np.stack([pixels(image) for image in images])
         return image_ops.normalise(stacked, self.image_options)

@@ -2,6 +2,7 @@
 import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
 
 import json
+import logging
 import os
 import pprint
 import textwrap
@@ -18,6 +19,8 @@ from mmjax import tasks
 from mmjax.checkpoint import ITEMS
 from mmjax.convert import FORMATS, hf_bert, layout, open_clip
 from mmjax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
 CONFIG_FILE = "config.json"
@@ -149,14 +152,35 @@ def fit(config, flat):
 def from_reference(family, ref_config, tensors, base):
     """(config, params, names left to initialise) from a reference model's config and tensors;
     `base` gives everything but the model (training, data, layout settings)."""
+    config = FAMILIES[family].mmjax_config(ref_config, base)
+    return (config, *_reference_params(family, config, tensors))
+
+
+def _say_what_the_weights_set(config, base, base_config, fmt, src):
+    """One warning line naming the data settings `base_config` sets (to other than the defaults)
+    that the weights set otherwise (image size, channels, mean / std): the weights' are used."""
+    defaults = config_lib.defaults().data
+    changed = [f"data.{k}={config.data[k]!r} (not {base.data[k]!r})" for k in config.data
+               if config.data[k] != base.data[k] and base.data[k] != defaults.get(k)]
+    if changed:
+        log.warning("the %s weights at %s set %s over what %s says; a --config.KEY=VALUE flag "
+                    "chooses otherwise", fmt, src, ", ".join(changed), base_config)
+
+
+def _value(config, dotted):
+    for name in dotted.split("."):
+        config = config.get(name) if hasattr(config, "get") else None
+    return config
+
+
+def _reference_params(family, config, tensors):
+    """(params, names left to initialise) of a reference model's tensors under `config`."""
     fam = FAMILIES[family]
-    config = fam.mmjax_config(ref_config, base)
     flat, missing = layout.from_reference(fam.rules(config), fam.prepare(tensors), fam.IGNORED)
     required = [n for n in missing if not n.startswith(fam.OPTIONAL)]
     if required:
         raise ValueError(f"the {family} weights lack tensors for: {', '.join(required)}")
-    params, fresh = fit(config, flat)
-    return config, params, fresh
+    return fit(config, flat)
 
 
 def export(workdir, fmt, out, step=None, dtype=None):
@@ -173,7 +197,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
     elif fmt == "safetensors":
         save_safetensors(out, config, params)
     else:
-        FAMILIES[fmt].save(out, *to_reference(fmt, config, params))
+        FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
     return {"format": fmt, "step": step, "out": out,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
 
@@ -182,8 +206,9 @@ def load(fmt, src, base_config=None, overrides=()):
     """(config, params, names left to initialise) of weights in any export format.
 
     params / safetensors carry their own config (`overrides` apply to it); open_clip / hf_bert
-    take the model from the reference and the rest from `base_config` (a config file; default
-    the smoke config of that task)."""
+    take the model (and open_clip its image mean / std) from the reference and the rest from
+    `base_config` (a config file; default the smoke config of that task). An override that
+    sets a key the reference sets otherwise wins, with a warning line naming both values."""
     if fmt in ("params", "safetensors"):
         config, params = load_params(src) if fmt == "params" else load_safetensors(src)
         for override in overrides:
@@ -196,9 +221,37 @@ def load(fmt, src, base_config=None, overrides=()):
     fam = FAMILIES[fmt]
     base = config_lib.load(base_config or os.path.join(os.path.dirname(config_lib.default_config_path()),
                                                         fam.DEFAULT_BASE), overrides)
-    config, params, fresh = from_reference(fmt, *fam.load(src), base)
+    ref_config, tensors = fam.load(src)
+    config = fam.mmjax_config(ref_config, base)
+    replaced = _explicit_overrides_win(config, overrides, fmt, src)
+    if base_config:
+        _say_what_the_weights_set(config, base, base_config, fmt, src)
+    try:
+        params, fresh = _reference_params(fmt, config, tensors)
+    except ValueError as e:
+        if not replaced:
+            raise
+        raise ValueError(f"{e}; drop {', '.join('--config.' + k for k in replaced)}: the {fmt} "
+                         f"weights set {'it' if len(replaced) == 1 else 'them'}") from None
     config_lib.validate(config)
     return config, params, fresh
+
+
+def _explicit_overrides_win(config, overrides, fmt, src):
+    """Re-applies the command-line `overrides` over what the reference set; a value that
+    differs from the reference's is a warning line naming both. Returns those keys."""
+    replaced = []
+    for override in overrides:
+        key = override.partition("=")[0].removeprefix("--").removeprefix("config.")
+        before = _value(config, key)
+        config_lib.apply_override(config, override)
+        after = _value(config, key)
+        if after != before:
+            replaced.append(key)
+            log.warning("%s=%r from the command line replaces the %r of the %s weights at %s: the "
+                        "import will not reproduce the source", key, after, before,
+                        fmt, src)
+    return replaced
 
 
 def write_workdir(config, params, workdir, data_dir, note=("", "")):

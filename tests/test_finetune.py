@@ -120,6 +120,32 @@ def test_init_refuses_what_does_not_fit_naming_the_parameters(tmp_path, data_dir
         train(config, str(tmp_path / "c"), data_dir)
 
 
+def test_init_from_an_rgb_source_names_image_channels_as_the_fix(tmp_path, data_dir, clip_run, capsys):
+    """A gray model from an RGB source (as an imported open_clip model is): one line naming
+    --config.data.image_channels=3; with it the tower loads, and a differing normalisation is
+    said in the line that reports the load."""
+    from mmjax import export
+    config, _, params = export.read_checkpoint(clip_run[0])
+    kernel = params["image"]["patch_embed"]["kernel"]      # [(p p 1), width]
+    p = config.model.image.patch_size
+    params["image"]["patch_embed"]["kernel"] = np.repeat(kernel.reshape(p, p, 1, -1), 3, axis=2).reshape(
+        p * p * 3, -1) / 3
+    config.data.image_channels = 3
+    rgb = str(tmp_path / "rgb")
+    export.save_params(rgb, config, params)
+    tune = _classify(steps=1)
+    tune.init.update(source=rgb, load=("image/*",))
+    with pytest.raises(InitError) as refused:
+        train(tune, str(tmp_path / "gray"), data_dir)
+    message = str(refused.value)
+    assert "--config.data.image_channels=3" in message and "\n" not in message, message
+    tune.data.update(image_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    train(tune, str(tmp_path / "rgb_run"), data_dir)
+    loaded = [line for line in capsys.readouterr().out.splitlines() if "parameter arrays from" in line]
+    assert len(loaded) == 1 and "mean=(0.5, 0.5, 0.5)" in loaded[0] and \
+        f"mean={tuple(config.data.mean)}" in loaded[0], loaded
+
+
 def test_an_evaluator_the_model_cannot_serve_is_named_before_training(tmp_path, data_dir):
     config = _classify(steps=1)
     config.evals = {"zeroshot": dict(type="zeroshot", dataset="digit_captions")}

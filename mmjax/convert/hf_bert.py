@@ -104,7 +104,8 @@ def prepare(tensors):
     return tensors
 
 
-def save(out, hf_config, tensors):
+def save(out, hf_config, tensors, config):
+    """Writes a transformers model directory (`config`, the run's, is not needed: text only)."""
     from safetensors.numpy import save_file
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, CONFIG_FILE), "w") as f:

@@ -5,15 +5,22 @@ On disk an export is open_clip's local-dir layout (`open_clip.create_model('loca
 `open_clip_pytorch_model.bin` (a torch state_dict). open_clip's ViT is RGB only: a
 one-channel mmjax model is exported with its patch kernel spread over R, G, B (divided by 3),
 which gives the same outputs for gray images passed as three equal channels.
+
+The preprocess_cfg carries the run's evaluation preprocessing (image size, mean, std, bicubic
+resize of the shorter side + centre crop), so open_clip's transforms feed the model what
+mmjax's evaluators do; an import reads it back into `data.mean` / `data.std`.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from mmjax.convert import layout, torch_io
 from mmjax.convert.layout import Rule, attention_out, linear, norm, qkv_fused, same
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
@@ -38,6 +45,12 @@ TEXT_NEUTRAL = dict(ls_init_value=None, embed_cls=False, no_causal_mask=False, p
                     qk_norm=False, scaled_cosine_attn=False, scale_heads=False,
                     scale_attn_inner=False, scale_attn=False, scale_fc=False)
 MODEL_NEUTRAL = dict(custom_text=False, multimodal_cfg=None)
+# open_clip's PreprocessCfg defaults (what it uses for keys a preprocess_cfg leaves out).
+PREPROCESS_DEFAULTS = dict(mean=(0.48145466, 0.4578275, 0.40821073),
+                           std=(0.26862954, 0.26130258, 0.27577711),
+                           interpolation="bicubic", resize_mode="shortest")
+# What mmjax's evaluation transform does (data/images.py EvalImage): no other choice exists.
+MMJAX_RESIZE = dict(interpolation="bicubic", resize_mode="shortest")
 
 
 def _unsupported(cfg, neutral, where):
@@ -61,8 +74,36 @@ def _square(value, name):
     return values.pop()
 
 
-def mmjax_config(model_cfg, base):
-    """`base` (a locked ConfigDict) with its model and image size set from open_clip's model_cfg."""
+def preprocess_config(config):
+    """open_clip's preprocess_cfg of an mmjax config: its evaluation images as RGB. A one-channel
+    model normalises gray with the means of the RGB statistics (images.normalise), so it gets
+    those means on all three channels (exact for gray images passed as three equal channels)."""
+    channels = config.data.image_channels
+
+    def stats(values):
+        values = np.asarray(values, np.float32)
+        return [float(v) for v in (values if len(values) == channels == 3 else [values.mean()] * 3)]
+
+    return {"size": config.data.image_size, "mode": "RGB", "mean": stats(config.data.mean),
+            "std": stats(config.data.std), **MMJAX_RESIZE}
+
+
+def read_preprocess(file_cfg):
+    """(mean, std, notes) an open_clip config file's model is fed with: its preprocess_cfg over
+    open_clip's defaults; notes name settings mmjax's evaluation transform does not reproduce."""
+    cfg = {**PREPROCESS_DEFAULTS, **{k: v for k, v in (file_cfg.get("preprocess_cfg") or {}).items()
+                                     if v is not None}}
+    notes = [f"preprocess_cfg {k}={cfg[k]!r} (mmjax resizes with {k}={v!r})"
+             for k, v in MMJAX_RESIZE.items() if cfg[k] != v]
+    rgb = lambda x: tuple(float(v) for v in x) if isinstance(x, (list, tuple)) else (float(x),) * 3
+    return rgb(cfg["mean"]), rgb(cfg["std"]), notes
+
+
+def mmjax_config(ref_config, base):
+    """`base` (a locked ConfigDict) with its model and image size set from open_clip's model_cfg;
+    `ref_config` is a model_cfg or a local-dir config file ({"model_cfg", "preprocess_cfg"}),
+    whose mean / std (open_clip's defaults where it names none) become data.mean / data.std."""
+    model_cfg = ref_config.get("model_cfg", ref_config)
     _unsupported(model_cfg, MODEL_NEUTRAL, "")
     v = {**VISION_DEFAULTS, **model_cfg["vision_cfg"]}
     t = {**TEXT_DEFAULTS, **model_cfg["text_cfg"]}
@@ -87,6 +128,12 @@ def mmjax_config(model_cfg, base):
         causal=True, pool="eot", pre_norm=True, embed_norm=False, final_norm=True,
         type_vocab_size=0, activation=activation, norm_eps=_eps(t))
     config.data.update(image_size=size, image_channels=3)
+    if "model_cfg" in ref_config:
+        mean, std, notes = read_preprocess(ref_config)
+        config.data.update(mean=mean, std=std)
+        if notes:
+            log.warning("open_clip import: %s: mmjax's evaluation images will not be open_clip's",
+                        "; ".join(notes))
     return config
 
 
@@ -178,17 +225,17 @@ def prepare(tensors):
     return tensors
 
 
-def save(out, model_cfg, tensors):
-    """Writes open_clip's local-dir layout; mmjax's pipelines scale pixels to [-1, 1]."""
+def save(out, model_cfg, tensors, config):
+    """Writes open_clip's local-dir layout, with the preprocessing of the run's `config`."""
     os.makedirs(out, exist_ok=True)
-    preprocess = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "shortest"}
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
-        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, f, indent=2)
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(config)}, f, indent=2)
     torch_io.save_pt(layout.contiguous(tensors), os.path.join(out, WEIGHTS_FILE))
 
 
 def load(src):
-    """(model_cfg, tensors) of an open_clip local dir (config JSON + .bin/.pt/.pth/.safetensors)."""
+    """(config file, tensors) of an open_clip local dir (config JSON + .bin/.pt/.pth/.safetensors);
+    the file is {"model_cfg": ..., "preprocess_cfg": ...} (a bare model_cfg is wrapped)."""
     with open(os.path.join(src, CONFIG_FILE)) as f:
         cfg = json.load(f)
     names = sorted(os.listdir(src))
@@ -202,4 +249,4 @@ def load(src):
         tensors = load_file(path)
     else:
         tensors = torch_io.load_pt(path)
-    return cfg.get("model_cfg", cfg), tensors
+    return cfg if "model_cfg" in cfg else {"model_cfg": cfg}, tensors

@@ -2,8 +2,8 @@
 `data.image_size` with `data.image_channels`, as uint8; `normalise` makes model inputs.
 
 Images arrive as encoded bytes (JPEG/PNG/WebP, as `mmjax data build` stores them) or as
-uint8 arrays (the built-in digits). JPEGs are decoded by simplejpeg (libjpeg-turbo) at the
-smallest n/8 DCT scale that still covers the crop at the output size, then resized with
+uint8 arrays (the built-in digits); 16-bit images (PNG, uint16 arrays) keep their high byte.
+JPEGs are decoded by simplejpeg (libjpeg-turbo) at the smallest n/8 DCT scale that still covers the crop at the output size, then resized with
 Pillow's bicubic filter; other formats by Pillow. Chosen by measurement
 (benchmarks/image_decoders.py): 1.3-1.5x Pillow at web sizes (<= 640 px), ~4x at 2048 px,
 within 1.3/255 of Pillow's full decode; OpenCV's resize was ~20% faster still, but a 150 MB
@@ -59,15 +59,29 @@ def _open(image) -> Image.Image:
         except Exception as err:  # PIL raises several types for foreign bytes
             raise BadImage(f'not an image ({err})') from None
     array = np.asarray(image)
+    if array.dtype == np.uint16:
+        array = to_8bit(array)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     return Image.fromarray(array)
 
 
-def _mode(image: Image.Image, channels: int) -> Image.Image:
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """16-bit pixel values -> uint8: the high byte (v >> 8), as Pillow decodes 16-bit RGB(A)
+    PNGs and torchvision's convert_image_dtype narrows uint16; 32-bit integer ('I') images
+    are read as 16-bit and clipped to it."""
+    return (np.clip(np.asarray(pixels, np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """`image` as 'L' (channels=1) or 'RGB': transparency onto white, 16-bit gray scaled to
+    8 bits (Pillow's own conversion clips it at 255)."""
     mode = 'L' if channels == 1 else 'RGB'
     if image.mode == mode:
         return image
+    if image.mode == 'I' or image.mode.startswith('I;16'):
+        image = Image.fromarray(to_8bit(np.asarray(image)), 'L')
+        return image if mode == 'L' else image.convert(mode)
     if image.mode in ('RGBA', 'LA', 'P') and mode == 'RGB':  # transparency onto white
         rgba = image.convert('RGBA')
         background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
@@ -122,7 +136,7 @@ def crop_resize(image, box_fn, options: ImageOptions) -> np.ndarray:
         im = _open(image)
         width, height = im.size
         box = box_fn(width, height)
-        im = _mode(im, options.channels)
+        im = to_mode(im, options.channels)
         if box == (0, 0, *im.size) and im.size == (size, size):
             out = np.asarray(im)
         else:

@@ -7,6 +7,7 @@ import io
 from PIL import Image
 
 from mmjax.data.build.records import Example, Item, Skip
+from mmjax.data.images import to_mode
 
 KEPT_FORMATS = ('JPEG', 'MPO', 'PNG', 'WEBP')  # Stored as given; others are re-encoded.
 JPEG_QUALITY = 95
@@ -15,6 +16,8 @@ JPEG_QUALITY = 95
 def _encode(image: Image.Image) -> bytes:
     """JPEG (quality 95) for opaque images, PNG for those with transparency."""
     out = io.BytesIO()
+    if image.mode == 'I' or image.mode.startswith('I;16'):
+        image = to_mode(image, 1)  # 16-bit gray: its high byte (Pillow's convert clips at 255)
     if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
         image = image.convert('LA' if image.mode in ('L', 'LA') else 'RGBA')
         image.save(out, format='PNG')
