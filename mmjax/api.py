@@ -20,16 +20,16 @@ import jax
 import numpy as np
 
 from mmjax import paths, tasks
-from mmjax.config import parse_mixture
 from mmjax.data import DEFAULT_DATA_DIR
 from mmjax.data import images as image_ops
-from mmjax.data.tokenizers import get_tokenizer
+from mmjax.data import vocab
 
 
 def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
          batch_size: int = 64) -> Model:
-    """The model of a workdir (its newest checkpoint, or `step`) or of a params export.
-    `data_dir` holds a trained WordPiece vocabulary (the one the run used)."""
+    """The model of a workdir (its newest checkpoint, or `step`) or of a params export, with
+    the run's tokenizer: the vocab.txt beside the checkpoints or in the export (`data_dir`'s
+    is used only for runs from before the vocabulary was saved with them)."""
     from mmjax import export  # Lazy: orbax.
     if (paths.resolve(path) / "checkpoints").is_dir():
         config, _, params = export.read_checkpoint(path, step)
@@ -38,9 +38,7 @@ def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
     else:
         raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/) nor an "
                                 f"`mmjax export --format params` directory")
-    data = config.data
-    corpus = tuple(data.get("tokenizer_data") or ()) or tuple(n for n, _ in parse_mixture(data.train))
-    tokenizer = get_tokenizer(data.tokenizer, data_dir, corpus, data.get("vocab_file", ""))
+    tokenizer = vocab.run_tokenizer(config, data_dir, path, write=False)
     return Model(config, params, tokenizer, batch_size)
 
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        processors, trainers)
 
 from mmjax import paths
 
@@ -151,9 +152,21 @@ class WordPieceTokenizer:
 
     def save_vocab(self, path: str) -> None:
         """Writes `vocab.txt` atomically, so concurrent readers never see half a file."""
+        paths.write_text(path, self.vocab_text())
+
+    def vocab_text(self) -> str:
+        """The vocabulary as `vocab.txt` holds it: one token a line, line number = id."""
         vocab = self._tok.get_vocab()
-        tokens = sorted(vocab, key=vocab.get)
-        paths.write_text(path, ''.join(t + '\n' for t in tokens))
+        return ''.join(t + '\n' for t in sorted(vocab, key=vocab.get))
+
+    def to_json(self) -> str:
+        """This tokenizer as a `tokenizer.json` (HF tokenizers / transformers' fast tokenizers)
+        that adds [CLS] ... [SEP] as `encode` does."""
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.post_processor = processors.TemplateProcessing(
+            single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1',
+            special_tokens=[('[CLS]', self.cls_id), ('[SEP]', self.sep_id)])
+        return tok.to_str()
 
     def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """int32 [n, max_length]: [CLS] tokens [SEP], then [PAD]."""
