@@ -12,10 +12,12 @@ import sys
 import numpy as np
 import pytest
 
+import gcs_emulator
 import mmjax
 from conftest import run_mmjax
-from mmjax import export
-from mmjax.data import builders
+from mmjax import config as config_lib
+from mmjax import export, paths
+from mmjax.data import builders, vocab
 from mmjax.data.tokenizers import WORDPIECE_CACHE_SIZE, WordPieceTokenizer
 from splits import prose_texts
 
@@ -112,6 +114,55 @@ def test_exports_carry_the_vocab_and_transformers_tokenises_like_mmjax(mlm_run, 
     st = str(tmp_path / "model.safetensors")
     export.export(workdir, "safetensors", st)
     assert export.carried_vocab("safetensors", st) == trained
+
+
+def test_a_gs_workdir_holds_the_vocab(tmp_path):
+    """`run_tokenizer` writes a gs:// workdir's vocab.txt (one upload) and reads it back
+    once the data dir's is gone."""
+    server, env = gcs_emulator.start("bucket")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        config = config_lib.load("configs/smoke_mlm.py")
+        data_dir = str(tmp_path / "data")
+        os.makedirs(builders.resolve_data_dir(data_dir))
+        other_vocab(cached_vocab(data_dir))
+        with open(cached_vocab(data_dir), encoding="utf-8") as f:
+            text = f.read()
+        first = vocab.run_tokenizer(config, data_dir, "gs://bucket/run")
+        assert paths.resolve("gs://bucket/run/vocab.txt").read_text() == text
+        os.remove(cached_vocab(data_dir))
+        again = vocab.run_tokenizer(config, data_dir, "gs://bucket/run")
+        assert again.vocab_text() == first.vocab_text() == text
+        assert not os.path.exists(cached_vocab(data_dir)) and not os.path.exists("gs:")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_differing_vocabularies_name_the_processes_and_hosts(monkeypatch, tmp_path):
+    """The check across processes, with process_allgather answering for 3 processes, the
+    last of which holds another vocabulary."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from mmjax.errors import VocabularyMismatch
+    other_vocab(tmp_path / "a.txt")
+    mine = WordPieceTokenizer.from_vocab(str(tmp_path / "a.txt"))
+    theirs = WordPieceTokenizer.train(["completely different words here"] * 5, vocab_size=60)
+    rows = [np.frombuffer(vocab.digest(t) + h.ljust(vocab.HOST_BYTES, b"\0"), np.uint8)
+            for t, h in ((mine, b"host-a"), (mine, b"host-b"), (theirs, b"host-c"))]
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.stack(rows))
+    with pytest.raises(VocabularyMismatch, match=r"process 0 \(host host-a, sha256 \w+\) vs "
+                                                r"process 2 \(host host-c, sha256 \w+\); give"):
+        vocab.check_same_everywhere(mine)
+    rows[2] = rows[1]
+    vocab.check_same_everywhere(mine)   # all alike: no error
 
 
 def _train_two_processes(tmp_path, workdirs, data_dirs):
