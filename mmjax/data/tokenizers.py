@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
+import heapq
 from collections.abc import Iterable, Sequence
 from importlib import resources
 
 import numpy as np
 from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
-                        processors, trainers)
+                        processors)
 
 from mmjax import paths
 
@@ -103,6 +105,61 @@ class ClipTokenizer:
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 
 
+def learn_wordpiece(word_counts: dict[str, int], vocab_size: int, vocab: set[str]) -> set[str]:
+    """`vocab` grown to `vocab_size` tokens as HF's WordPieceTrainer grows it: every character
+    (word-initial `c`, inside a word `##c`), then merges of the adjacent pair that occurs most
+    often in the counted words (`a` + `##b` -> `ab`, `##a` + `##b` -> `##ab`). Deterministic: the
+    words are read in sorted order and equal counts go to the pair that sorts first."""
+    vocab = set(vocab)
+    words, freq = [], []
+    for word, count in sorted(word_counts.items()):
+        words.append([word[0]] + ['##' + c for c in word[1:]])
+        freq.append(count)
+        vocab.update(words[-1])
+        vocab.update(word)
+    pair_counts = collections.Counter()
+    where = collections.defaultdict(set)   # pair -> words that hold (or held) it
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += freq[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        negative, pair = heapq.heappop(heap)
+        if -negative != pair_counts[pair]:   # stale: counts changed since it was pushed
+            if pair_counts[pair] > 0:
+                heapq.heappush(heap, (-pair_counts[pair], pair))
+            continue
+        a, b = pair
+        new = a + b.removeprefix('##')
+        vocab.add(new)
+        touched = set()
+        for i in where.pop(pair):
+            symbols, merged, j = words[i], [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and symbols[j] == a and symbols[j + 1] == b:
+                    merged.append(new)
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= freq[i]
+                touched.add(old)
+            for now in zip(merged, merged[1:]):
+                pair_counts[now] += freq[i]
+                touched.add(now)
+                where[now].add(i)
+            words[i] = merged
+        del pair_counts[pair]
+        touched.discard(pair)
+        for other in touched:
+            if pair_counts[other] > 0:
+                heapq.heappush(heap, (-pair_counts[other], other))
+    return vocab
+
+
 class WordPieceTokenizer:
     """BERT-style lower-cased WordPiece; [PAD] is id 0, as the models assume."""
 
@@ -131,17 +188,18 @@ class WordPieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
-        """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4."""
-        tok = Tokenizer(models.WordPiece(unk_token='[UNK]'))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        # HF's trainer numbers (and on count ties even picks) tokens in hash-map order, so ids
-        # differ run to run (huggingface/tokenizers#1794): sort them for a canonical order.
-        learned = sorted(set(tok.get_vocab()) - set(WORDPIECE_SPECIALS))
-        return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(learned))})
+        """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4, the other
+        tokens follow in sorted order. The same texts give the same vocab on any host and run
+        (HF's WordPieceTrainer breaks count ties in hash-map order, so its vocabularies differ
+        run to run, huggingface/tokenizers#1794: `learn_wordpiece` is its algorithm, with ties
+        broken by the tokens' text)."""
+        normalizer = normalizers.BertNormalizer(lowercase=True)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        counts = collections.Counter()
+        for text in texts:
+            counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        learned = learn_wordpiece(counts, vocab_size, set(WORDPIECE_SPECIALS)) - set(WORDPIECE_SPECIALS)
+        return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(sorted(learned)))})
 
     @classmethod
     def from_vocab(cls, path: str) -> WordPieceTokenizer:
