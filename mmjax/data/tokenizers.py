@@ -134,8 +134,8 @@ def learn_wordpiece(word_counts: dict[str, int], vocab_size: int, vocab: set[str
         a, b = pair
         new = a + b.removeprefix('##')
         vocab.add(new)
-        touched = set()
-        for i in where.pop(pair):
+        formed = set()   # pairs with `new`: the only ones whose counts grow (the others
+        for i in where.pop(pair):   # shrink, and their stale heap entries are caught above)
             symbols, merged, j = words[i], [], 0
             while j < len(symbols):
                 if j + 1 < len(symbols) and symbols[j] == a and symbols[j + 1] == b:
@@ -144,19 +144,19 @@ def learn_wordpiece(word_counts: dict[str, int], vocab_size: int, vocab: set[str
                 else:
                     merged.append(symbols[j])
                     j += 1
+            if len(merged) == len(symbols):
+                continue
             for old in zip(symbols, symbols[1:]):
                 pair_counts[old] -= freq[i]
-                touched.add(old)
             for now in zip(merged, merged[1:]):
                 pair_counts[now] += freq[i]
-                touched.add(now)
                 where[now].add(i)
+                if new in now:
+                    formed.add(now)
             words[i] = merged
         del pair_counts[pair]
-        touched.discard(pair)
-        for other in touched:
-            if pair_counts[other] > 0:
-                heapq.heappush(heap, (-pair_counts[other], other))
+        for other in formed:
+            heapq.heappush(heap, (-pair_counts[other], other))
     return vocab
 
 
