@@ -243,8 +243,8 @@ def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
     vocab.txt), else trained once on the train text of the `corpus` datasets
     (`config.data.tokenizer_data`, else the training datasets) and cached in data_dir.
 
-    Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
-    is the identity of the tokenizer, so hosts must share it (a shared data_dir, or copy it).
+    A run asks `data.vocab.run_tokenizer`, which calls this on first use only: after that the
+    run's own copy (WORKDIR/vocab.txt) is its tokenizer, whatever the data dir holds.
     """
     if name == 'clip_bpe':
         return ClipTokenizer()
