@@ -119,20 +119,20 @@ def test_exports_carry_the_vocab_and_transformers_tokenises_like_mmjax(mlm_run, 
 
 
 def test_training_gives_one_vocabulary_close_to_hf_trainers(mlm_run, tmp_path):
-    """Two processes (different hash seeds) train the same vocabulary from the same text; it
-    is HF's WordPieceTrainer's up to count ties: >= 97% of the tokens shared, the same number
-    of tokens (to 0.5%) for the text, no [UNK]."""
+    """Processes train the same vocabulary from the same text (HF's WordPieceTrainer gives
+    another one each run at this size: count ties); at 1,000 tokens it is HF's up to ties:
+    >= 97% of the tokens shared, the same number of tokens (to 0.5%) for the text, no [UNK]."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     texts = prose_texts(mlm_run[1], "test")
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = ("import json, sys; from mmjax.data.tokenizers import WordPieceTokenizer as W; "
-              "W.train(json.load(open(sys.argv[1])), 1000).save_vocab(sys.argv[2])")
-    for seed in ("1", "2"):
+              "W.train(json.load(open(sys.argv[1])), 4000).save_vocab(sys.argv[2])")
+    for seed in ("1", "2", "3"):
         subprocess.run([sys.executable, "-c", script, str(tmp_path / "texts.json"),
                         str(tmp_path / f"vocab_{seed}.txt")], check=True,
                        env=dict(os.environ, PYTHONHASHSEED=seed))
-    assert (tmp_path / "vocab_1.txt").read_bytes() == (tmp_path / "vocab_2.txt").read_bytes()
-    ours = WordPieceTokenizer.from_vocab(str(tmp_path / "vocab_1.txt"))
+    assert len({(tmp_path / f"vocab_{seed}.txt").read_bytes() for seed in "123"}) == 1
+    ours = WordPieceTokenizer.train(texts, 1000)
     hf = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     hf.normalizer = normalizers.BertNormalizer(lowercase=True)
     hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
