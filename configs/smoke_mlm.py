@@ -10,10 +10,11 @@ the steps), held-out masked-token accuracy ~0.134, at least twice that of always
 most frequent token (0.064).
 
 Where the time goes (measured 2026-12-03): the steps. Building the prose dataset (~2 s),
-training the WordPiece vocabulary (~1.5 s) and the evaluator's most-frequent-token count over
-the train split (~2 s) are seconds. The earlier 2,000 steps of 64 sequences took ~5.5 minutes
-here (~9 in CI); 2,000 steps of 32 (half the sequences, lr 1.5e-3) reach ~0.134 (1,000 steps
-of 64: ~0.131, 1,500 of 32: ~0.130, too close to the bar of 0.128).
+training the WordPiece vocabulary (~3 s: twice HF's trainer, which is not deterministic) and
+the evaluator's most-frequent-token count over the train split (~2 s) are seconds. The
+earlier 2,000 steps of 64 sequences took ~5.5 minutes here (~9 in CI); 2,000 steps of 32
+(half the sequences, lr 1.5e-3) reach ~0.134 (1,000 steps of 64: ~0.131, 1,500 of 32: ~0.130,
+too close to the bar of 0.128).
 """
 
 from mmjax.config import defaults

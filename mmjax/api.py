@@ -20,17 +20,17 @@ import jax
 import numpy as np
 
 from mmjax import paths, tasks
-from mmjax.config import parse_mixture
 from mmjax.data import DEFAULT_DATA_DIR
 from mmjax.data import images as image_ops
-from mmjax.data.tokenizers import get_tokenizer
+from mmjax.data import vocab
 
 
 def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
          batch_size: int = 64) -> Model:
     """The model of a workdir (its newest checkpoint, or `step`), of a params export or of an
-    open_clip local dir (its preprocess_cfg's mean / std included). `data_dir` holds a trained
-    WordPiece vocabulary (the one the run used)."""
+    open_clip local dir (its preprocess_cfg's mean / std included), with the run's tokenizer:
+    the vocab.txt beside the checkpoints or in the export (`data_dir`'s is used only for runs
+    from before the vocabulary was saved with them)."""
     from mmjax import export  # Lazy: orbax.
     from mmjax.convert import open_clip
     if (paths.resolve(path) / "checkpoints").is_dir():
@@ -42,9 +42,7 @@ def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
     else:
         raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/), an `mmjax export "
                                 f"--format params` directory nor an open_clip one ({open_clip.CONFIG_FILE})")
-    data = config.data
-    corpus = tuple(data.get("tokenizer_data") or ()) or tuple(n for n, _ in parse_mixture(data.train))
-    tokenizer = get_tokenizer(data.tokenizer, data_dir, corpus, data.get("vocab_file", ""))
+    tokenizer = vocab.run_tokenizer(config, data_dir, path, write=False)
     return Model(config, params, tokenizer, batch_size)
 
 

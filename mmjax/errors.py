@@ -61,6 +61,10 @@ class BadData(ValueError):
     """More training records failed to decode than `data.max_bad_fraction` allows."""
 
 
+class VocabularyMismatch(DataDirError):
+    """Processes of one job hold different tokenizer vocabularies; the message names them."""
+
+
 # Training runs.
 
 class CheckpointError(RuntimeError):

@@ -18,6 +18,7 @@ from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
 from mmjax.convert import FORMATS, hf_bert, layout, open_clip
+from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,14 @@ def load_params(src):
     return config, jax.tree.map(np.asarray, params)
 
 
-def save_safetensors(path, config, params):
+def save_safetensors(path, config, params, vocab=""):
     """One safetensors file: flat names ('text/encoder/layers_0/ln1/scale') -> tensors; the
-    config rides along in the metadata (key 'mmjax_config')."""
+    config rides along in the metadata (key 'mmjax_config'), and so does a WordPiece
+    vocabulary's vocab.txt text (key 'mmjax_vocab')."""
     from safetensors.numpy import save_file
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(layout.contiguous(layout.flatten(params)), path, metadata={"mmjax_config": config.to_json()})
+    metadata = {"mmjax_config": config.to_json(), **({"mmjax_vocab": vocab} if vocab else {})}
+    save_file(layout.contiguous(layout.flatten(params)), path, metadata=metadata)
 
 
 def load_safetensors(path):
@@ -192,14 +195,30 @@ def export(workdir, fmt, out, step=None, dtype=None):
     config, step, params = read_checkpoint(workdir, step)
     if dtype:
         params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
+    tokenizer = vocab_lib.read_vocab(workdir)   # the run's WordPiece vocabulary, if it has one
     if fmt == "params":
         save_params(out, config, params)
     elif fmt == "safetensors":
-        save_safetensors(out, config, params)
+        save_safetensors(out, config, params, tokenizer.vocab_text() if tokenizer else "")
     else:
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
-    return {"format": fmt, "step": step, "out": out,
+    if tokenizer and fmt == "hf_bert":
+        hf_bert.save_tokenizer(out, tokenizer, config.model.text.context_length)
+    elif tokenizer and fmt != "safetensors":
+        tokenizer.save_vocab(vocab_lib.vocab_path(out))
+    return {"format": fmt, "step": step, "out": out, "vocab": tokenizer is not None,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+
+
+def carried_vocab(fmt, src):
+    """The vocab.txt text an export carries ('' if none): a directory's vocab.txt, a
+    safetensors file's 'mmjax_vocab' metadata."""
+    if fmt == "safetensors":
+        from safetensors import safe_open
+        with safe_open(src, "np") as f:
+            return (f.metadata() or {}).get("mmjax_vocab", "")
+    path = paths.resolve(vocab_lib.vocab_path(src))
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def load(fmt, src, base_config=None, overrides=()):
@@ -254,9 +273,10 @@ def _explicit_overrides_win(config, overrides, fmt, src):
     return replaced
 
 
-def write_workdir(config, params, workdir, data_dir, note=("", "")):
+def write_workdir(config, params, workdir, data_dir, note=("", ""), vocab=""):
     """A new run in `workdir`: a step-0 checkpoint (the params, fresh optimizer state, the data
-    position of a new run), config.json and config.py. Params absent from `params` are
+    position of a new run), config.json and config.py, and vocab.txt: `vocab` (the imported
+    model's), else the config's (see data/vocab.py). Params absent from `params` are
     initialised as `mmjax train` would."""
     from mmjax.checkpoint import Checkpointer
     from mmjax.data import pipeline
@@ -266,7 +286,12 @@ def write_workdir(config, params, workdir, data_dir, note=("", "")):
     directory = paths.resolve(workdir) / "checkpoints"
     if directory.is_dir() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; import into a new --workdir")
-    run = setup(config, data_dir=data_dir, check_batch=False)
+    if vocab and jax.process_index() == 0:
+        paths.write_text(vocab_lib.vocab_path(workdir), vocab)
+    if vocab and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("mmjax_import_vocab")
+    run = setup(config, data_dir=data_dir, workdir=workdir, check_batch=False)
     shardings = run.state_shardings
     given = layout.flatten(params)
     if set(layout.flatten(run.abstract_state.params)) - set(given):  # some to initialise: as train would
@@ -292,7 +317,8 @@ def write_workdir(config, params, workdir, data_dir, note=("", "")):
 def import_weights(fmt, src, workdir, data_dir, base_config=None, overrides=()):
     """`mmjax import`: weights in format `fmt` at `src` -> a new run in `workdir`; a summary."""
     config, params, fresh = load(fmt, src, base_config, overrides)
-    write_workdir(config, params, workdir, data_dir, note=(fmt, src))
+    vocab = carried_vocab(fmt, src) if config.data.tokenizer == "wordpiece" else ""
+    write_workdir(config, params, workdir, data_dir, note=(fmt, src), vocab=vocab)
     return {"format": fmt, "src": src, "workdir": workdir, "task": config.task,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
             "initialised_fresh": fresh}

@@ -2,7 +2,7 @@
 
 On disk an export is a transformers model directory: `config.json` and `model.safetensors`
 (written with numpy; the decoder is tied to the word embeddings, so it has no tensor of its
-own). An import also takes `BertModel` weights (no `bert.` prefix, no MLM head, e.g.
+own), and the run's tokenizer (`vocab.txt`, `tokenizer.json`, `tokenizer_config.json`). An import also takes `BertModel` weights (no `bert.` prefix, no MLM head, e.g.
 sentence-transformers' MiniLM): the MLM head is then initialised fresh.
 """
 
@@ -111,6 +111,22 @@ def save(out, hf_config, tensors, config):
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
         json.dump(hf_config, f, indent=2)
     save_file(layout.contiguous(tensors), os.path.join(out, WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def save_tokenizer(out, tokenizer, max_length):
+    """The run's WordPiece tokenizer beside the weights, as transformers reads it:
+    `BertTokenizer.from_pretrained(out)` / `AutoTokenizer` tokenise as mmjax does."""
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    files = {"vocab.txt": tokenizer.vocab_text(), "tokenizer.json": tokenizer.to_json(),
+             "special_tokens_map.json": json.dumps(specials, indent=2),
+             "tokenizer_config.json": json.dumps(
+                 {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                  "tokenize_chinese_chars": True, "strip_accents": None,
+                  "model_max_length": max_length, **specials}, indent=2)}
+    for name, text in files.items():
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def load(src):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
+import heapq
 from collections.abc import Iterable, Sequence
 from importlib import resources
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        processors)
 
 from mmjax import paths
 
@@ -102,6 +105,61 @@ class ClipTokenizer:
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 
 
+def learn_wordpiece(word_counts: dict[str, int], vocab_size: int, vocab: set[str]) -> set[str]:
+    """`vocab` grown to `vocab_size` tokens as HF's WordPieceTrainer grows it: every character
+    (word-initial `c`, inside a word `##c`), then merges of the adjacent pair that occurs most
+    often in the counted words (`a` + `##b` -> `ab`, `##a` + `##b` -> `##ab`). Deterministic: the
+    words are read in sorted order and equal counts go to the pair that sorts first."""
+    vocab = set(vocab)
+    words, freq = [], []
+    for word, count in sorted(word_counts.items()):
+        words.append([word[0]] + ['##' + c for c in word[1:]])
+        freq.append(count)
+        vocab.update(words[-1])
+        vocab.update(word)
+    pair_counts = collections.Counter()
+    where = collections.defaultdict(set)   # pair -> words that hold (or held) it
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += freq[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        negative, pair = heapq.heappop(heap)
+        if -negative != pair_counts[pair]:   # stale: counts changed since it was pushed
+            if pair_counts[pair] > 0:
+                heapq.heappush(heap, (-pair_counts[pair], pair))
+            continue
+        a, b = pair
+        new = a + b.removeprefix('##')
+        vocab.add(new)
+        formed = set()   # pairs with `new`: the only ones whose counts grow (the others
+        for i in where.pop(pair):   # shrink, and their stale heap entries are caught above)
+            symbols, merged, j = words[i], [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and symbols[j] == a and symbols[j + 1] == b:
+                    merged.append(new)
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            if len(merged) == len(symbols):
+                continue
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= freq[i]
+            for now in zip(merged, merged[1:]):
+                pair_counts[now] += freq[i]
+                where[now].add(i)
+                if new in now:
+                    formed.add(now)
+            words[i] = merged
+        del pair_counts[pair]
+        for other in formed:
+            heapq.heappush(heap, (-pair_counts[other], other))
+    return vocab
+
+
 class WordPieceTokenizer:
     """BERT-style lower-cased WordPiece; [PAD] is id 0, as the models assume."""
 
@@ -130,17 +188,18 @@ class WordPieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
-        """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4."""
-        tok = Tokenizer(models.WordPiece(unk_token='[UNK]'))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
-        # HF's trainer numbers (and on count ties even picks) tokens in hash-map order, so ids
-        # differ run to run (huggingface/tokenizers#1794): sort them for a canonical order.
-        learned = sorted(set(tok.get_vocab()) - set(WORDPIECE_SPECIALS))
-        return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(learned))})
+        """Learns a vocab of `vocab_size` from `texts`; the specials get ids 0..4, the other
+        tokens follow in sorted order. The same texts give the same vocab on any host and run
+        (HF's WordPieceTrainer breaks count ties in hash-map order, so its vocabularies differ
+        run to run, huggingface/tokenizers#1794: `learn_wordpiece` is its algorithm, with ties
+        broken by the tokens' text)."""
+        normalizer = normalizers.BertNormalizer(lowercase=True)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        counts = collections.Counter()
+        for text in texts:
+            counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        learned = learn_wordpiece(counts, vocab_size, set(WORDPIECE_SPECIALS)) - set(WORDPIECE_SPECIALS)
+        return cls({t: i for i, t in enumerate(WORDPIECE_SPECIALS + tuple(sorted(learned)))})
 
     @classmethod
     def from_vocab(cls, path: str) -> WordPieceTokenizer:
@@ -151,9 +210,21 @@ class WordPieceTokenizer:
 
     def save_vocab(self, path: str) -> None:
         """Writes `vocab.txt` atomically, so concurrent readers never see half a file."""
+        paths.write_text(path, self.vocab_text())
+
+    def vocab_text(self) -> str:
+        """The vocabulary as `vocab.txt` holds it: one token a line, line number = id."""
         vocab = self._tok.get_vocab()
-        tokens = sorted(vocab, key=vocab.get)
-        paths.write_text(path, ''.join(t + '\n' for t in tokens))
+        return ''.join(t + '\n' for t in sorted(vocab, key=vocab.get))
+
+    def to_json(self) -> str:
+        """This tokenizer as a `tokenizer.json` (HF tokenizers / transformers' fast tokenizers)
+        that adds [CLS] ... [SEP] as `encode` does."""
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.post_processor = processors.TemplateProcessing(
+            single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1',
+            special_tokens=[('[CLS]', self.cls_id), ('[SEP]', self.sep_id)])
+        return tok.to_str()
 
     def encode(self, texts: Sequence[str], max_length: int) -> np.ndarray:
         """int32 [n, max_length]: [CLS] tokens [SEP], then [PAD]."""
@@ -172,8 +243,8 @@ def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
     vocab.txt), else trained once on the train text of the `corpus` datasets
     (`config.data.tokenizer_data`, else the training datasets) and cached in data_dir.
 
-    Training is not bit-reproducible (see `WordPieceTokenizer.train`): the cached vocab file
-    is the identity of the tokenizer, so hosts must share it (a shared data_dir, or copy it).
+    A run asks `data.vocab.run_tokenizer`, which calls this on first use only: after that the
+    run's own copy (WORKDIR/vocab.txt) is its tokenizer, whatever the data dir holds.
     """
     if name == 'clip_bpe':
         return ClipTokenizer()

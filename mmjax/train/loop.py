@@ -58,7 +58,7 @@ def train(config, workdir, data_dir, weights_only=False):
     """Trains `config` in `workdir` (resuming from its newest usable checkpoint); returns the
     last evaluation's metrics. On SIGTERM it saves, and returns once the save is committed.
     `weights_only`: a checkpoint of another model config gives just its parameters."""
-    run = setup(config, data_dir=data_dir)
+    run = setup(config, data_dir=data_dir, workdir=workdir)
     batches = pipeline.train_batches(run, data_dir, jax.process_index(), jax.process_count())
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config, keep=config.checkpoint.keep,
                         keep_period=config.checkpoint.keep_period)
@@ -180,7 +180,7 @@ def train(config, workdir, data_dir, weights_only=False):
 
 def evaluate_checkpoint(config, workdir, data_dir):
     """Evaluates the newest checkpoint in `workdir` (on this run's mesh) and returns metrics."""
-    run = setup(config, data_dir=data_dir, check_batch=False)
+    run = setup(config, data_dir=data_dir, workdir=workdir, check_batch=False)
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), config, read_only=True)
     restored = ckpt.restore(run.abstract_state, params_only=True)
     ckpt.close()

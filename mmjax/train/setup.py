@@ -12,9 +12,8 @@ from jax.experimental import multihost_utils
 
 from mmjax import sharding, tasks
 from mmjax.config import parse_mixture
-from mmjax.data import sources
+from mmjax.data import sources, vocab
 from mmjax.errors import ConfigError
-from mmjax.data.tokenizers import get_tokenizer
 from mmjax.optim import make_optimizer
 from mmjax.train.state import abstract_train_state, create_train_state, init_fn
 from mmjax.train.step import make_train_step
@@ -44,9 +43,11 @@ class Run:
                                self.rules, self.state_shardings)
 
 
-def prepare_data(config, data_dir):
-    """Builds the datasets the config names and its tokenizer on first use (process 0 first,
-    then the others, so a shared filesystem is written once); returns the tokenizer."""
+def prepare_data(config, data_dir, workdir=None):
+    """Builds the datasets the config names on first use and returns the run's tokenizer
+    (`data.vocab.run_tokenizer`: the workdir's vocab.txt, written there on first use).
+    Process 0 goes first, then the others, so a shared filesystem is written once and every
+    process reads the vocabulary process 0 wrote; then all compare their vocabulary's hash."""
     train = [name for name, _ in parse_mixture(config.data.train)]
     names = set(train) | set(config.data.get("tokenizer_data") or ())
     names |= {spec["dataset"] for spec in config.get("evals", {}).values() if "dataset" in spec}
@@ -55,11 +56,13 @@ def prepare_data(config, data_dir):
         if (jax.process_index() == 0) == first:
             for name in sorted(names):
                 sources.get(name, data_dir).prepare(data_dir)
-            tokenizer = get_tokenizer(config.data.tokenizer, data_dir,
-                                      config.data.get("tokenizer_data") or train,
-                                      config.data.get("vocab_file", ""))
+            tokenizer = vocab.run_tokenizer(config, data_dir, workdir,
+                                            write=jax.process_index() == 0)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"mmjax_prepare_data_{first}")
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()}: {vocab.describe(tokenizer)}", flush=True)
+    vocab.check_same_everywhere(tokenizer)
     if tokenizer.vocab_size > config.model.text.vocab_size:
         raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size} tokens but "
                           f"model.text.vocab_size={config.model.text.vocab_size}; raise the latter")
@@ -75,16 +78,18 @@ def check_image_size(config, task):
                           f"{patch}; set --config.data.image_size={fit} (or another multiple)")
 
 
-def setup(config, *, data_dir=None, tokenizer=None, devices=None, mesh=None, check_batch=True) -> Run:
+def setup(config, *, data_dir=None, workdir=None, tokenizer=None, devices=None, mesh=None,
+          check_batch=True) -> Run:
     """The Run of `config` on `mesh`, else on a mesh of `config.mesh` over `devices` (default:
-    all). The tokenizer comes from `tokenizer`, else from the data in `data_dir` (built on
-    first use); None for shape-only uses."""
+    all). The tokenizer comes from `tokenizer`, else it is the run's in `workdir` (its
+    vocab.txt, written there on first use from the data in `data_dir`, built on first use);
+    None for shape-only uses."""
     mesh = mesh or sharding.make_mesh(config.mesh, devices=devices)
     if check_batch:
         sharding.check_batch_size(config.train.batch_size, mesh)
     rule_table = sharding.rules(config.get("sharding"))
     if tokenizer is None and data_dir is not None:
-        tokenizer = prepare_data(config, data_dir)
+        tokenizer = prepare_data(config, data_dir, workdir)
     task = tasks.get(config, tokenizer)
     check_image_size(config, task)
     model = task.build_model()
