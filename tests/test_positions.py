@@ -177,12 +177,16 @@ IMAGES = np.random.default_rng(5).normal(size=(2, 8, 12, 1)).astype(np.float32) 
 
 def test_sinusoidal_towers_add_the_tables_in_place_of_the_learned_ones():
     """A learned tower whose table is set to the numpy reference (the class token's row: zeros)
-    computes what the sinusoidal tower does."""
+    computes what the sinusoidal tower does; text tokens are scaled by sqrt(width), as the
+    Transformer's (their init std is width^-0.5 there)."""
     text, learned = _text("sinusoidal"), _text("learned")
-    params = nn.unbox(learned.init(jax.random.PRNGKey(0), TOKENS)["params"])
-    fixed = {k: v for k, v in params.items() if k != "pos_embedding"}
-    assert nn.unbox(text.init(jax.random.PRNGKey(0), TOKENS)["params"]).keys() == fixed.keys()
-    as_learned = dict(params, pos_embedding=jnp.asarray(transformer_table(8, 16), jnp.float32))
+    fixed = nn.unbox(text.init(jax.random.PRNGKey(0), TOKENS)["params"])
+    assert "pos_embedding" not in fixed
+    table = fixed["token_embed"]["embedding"]
+    assert abs(float(table.std()) - 16 ** -0.5) < 0.02
+    as_learned = dict(fixed, pos_embedding=jnp.asarray(transformer_table(8, 16), jnp.float32),
+                      token_embed={"embedding": table * 4.0})          # sqrt(16)
+    assert as_learned.keys() == nn.unbox(learned.init(jax.random.PRNGKey(0), TOKENS)["params"]).keys()
     np.testing.assert_allclose(text.apply({"params": fixed}, TOKENS)[1],
                                learned.apply({"params": as_learned}, TOKENS)[1], atol=1e-5)
     vit, learned = _vit("sinusoidal"), _vit("learned")
@@ -201,13 +205,13 @@ def test_rotary_towers_pruned_last_layer_scan_and_remat_agree(scan, remat):
     text = _text("rotary", scan=scan, remat=remat)
     params = text.init(jax.random.PRNGKey(0), TOKENS)["params"]
     assert "pos_embedding" not in params
-    full = text.apply({"params": params}, TOKENS)[1]
+    full = np.asarray(text.apply({"params": params}, TOKENS)[1])
     rows = np.array([[0, 5], [7, 2], [3, 3]])
     np.testing.assert_allclose(text.apply({"params": params}, TOKENS, rows, method="at_positions"),
-                               np.take_along_axis(np.asarray(full), rows[:, :, None], axis=1), atol=1e-5)
+                               np.take_along_axis(full, rows[:, :, None], axis=1), atol=1e-5)
     # Rotary is applied: swapping two tokens does more than swap their outputs.
-    swapped = text.apply({"params": params}, TOKENS[:, [1, 0, *range(2, 8)]])[1]
-    assert np.abs(np.asarray(swapped)[:, 2:] - np.asarray(full)[:, 2:]).max() > 1e-3
+    swapped = np.asarray(text.apply({"params": params}, TOKENS[:, [1, 0, *range(2, 8)]])[1])
+    assert np.abs(swapped[:, 2:] - full[:, 2:]).max() > 1e-3
     vit = _vit("rotary", scan=scan, remat=remat)
     params = vit.init(jax.random.PRNGKey(0), IMAGES)["params"]
     unpruned = _vit("rotary", scan=scan, remat=remat, prune_last_layer=False)
@@ -235,9 +239,10 @@ def test_learned_default_is_the_model_of_a_config_without_the_option():
         task = tasks.get(c, TOKENIZER)
         model = task.build_model()
         method, args = task.init_args()
-        params = nn.unbox(model.init(jax.random.PRNGKey(0), *args, method=method)["params"])
+        params = nn.unbox(jax.jit(model.init, static_argnames="method")(
+            jax.random.PRNGKey(0), *args, method=method)["params"])
         batch = tiny_batch(c, batch_size=4)
-        return layout.flatten(params), model.apply({"params": params}, batch["image"], batch["text"])
+        return layout.flatten(params), jax.jit(model.apply)({"params": params}, batch["image"], batch["text"])
 
     (params, out), (old_params, old_out) = run(config), run(old)
     assert params.keys() == old_params.keys()

@@ -41,9 +41,12 @@ class TextTransformer(nn.Module):
     def setup(self):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
-        self.token_embed = nn.Embed(o.vocab_size, o.width, **kw,
-                                    embedding_init=logical(normal_init(0.02), ("vocab", "embed")))
         positions.check(o.position, "text")
+        # Under the fixed sinusoids, tokens start at unit scale as theirs: init std width^-0.5,
+        # times sqrt(width) in `features` (Vaswani et al. §3.4; fairseq's Embedding + embed_scale).
+        std = o.width ** -0.5 if o.position == "sinusoidal" else 0.02
+        self.token_embed = nn.Embed(o.vocab_size, o.width, **kw,
+                                    embedding_init=logical(normal_init(std), ("vocab", "embed")))
         if o.position == "learned":
             self.pos_embedding = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
                                             (o.context_length, o.width), o.param_dtype)
@@ -79,8 +82,9 @@ class TextTransformer(nn.Module):
         rope = None
         if o.position == "learned":
             x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
-        elif o.position == "sinusoidal":
-            x = self.token_embed(tokens) + jnp.asarray(positions.sinusoid_1d(length, o.width), o.dtype)
+        elif o.position == "sinusoidal":   # tokens x sqrt(width), see setup
+            x = (self.token_embed(tokens) * jnp.sqrt(o.width).astype(o.dtype)
+                 + jnp.asarray(positions.sinusoid_1d(length, o.width), o.dtype))
         else:   # rotary: no table; every layer rotates queries and keys by these angles
             x = self.token_embed(tokens)
             rope = positions.rotary_1d(length, o.width // o.num_heads, o.rope_base)
