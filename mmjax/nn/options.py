@@ -36,7 +36,7 @@ class EncoderOptions:
     # How the tower encodes positions (nn.positions): 'learned' | 'sinusoidal' | 'rotary'
     # (the encoder only sees rotary angles; the tower adds tables or computes angles).
     position: str = "learned"
-    rope_base: float = 10000.0   # rotary: the angle of pair i is p * rope_base^(-2i/head_dim)
+    rope_base: float = 10000.0   # rotary: pair i turns by p * rope_base^(-2i/head_dim) (1-D)
     dtype: Any = jnp.float32     # compute
     param_dtype: Any = jnp.float32
 

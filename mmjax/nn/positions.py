@@ -5,11 +5,13 @@ A tower's `position` option picks one (`model.text.position`, `model.image.posit
 - 'learned': a trained table added to the embeddings (the default; params 'pos_embedding').
 - 'sinusoidal': a fixed table added to the embeddings, no params. Text: the Transformer's
   (Vaswani et al. 2017, §3.5), channel 2i = sin(p / 10000^(2i/width)), channel 2i+1 = cos
-  of the same; the tokens are scaled by sqrt(width) from an init std of width^-0.5 (§3.4,
-  as fairseq's Embedding and embed_scale), so they start at the table's scale. Images: MAE's `get_2d_sincos_pos_embed` (He et al. 2022,
-  facebookresearch/mae util/pos_embed.py): the first half of the channels encode the
-  patch's column, the second half its row, each half [sin(p·ω) | cos(p·ω)] with
-  ω_i = 10000^(-i / (width/4)); the class token gets zeros (no position), as in MAE.
+  of the same; the tokens are scaled by sqrt(width) from an init std of width^-0.5 (§3.4;
+  fairseq's Embedding and embed_scale), so they start at the table's scale (BERT's 0.02
+  init under a unit-scale table sat at the unigram loss in the smoke MLM). Images: MAE's
+  `get_2d_sincos_pos_embed` (He et al. 2022, facebookresearch/mae util/pos_embed.py): the
+  first half of the channels encode the patch's column, the second half its row, each half
+  [sin(p·ω) | cos(p·ω)], ω_i = 10000^(-i / (width/4)); the class token gets zeros (no
+  position), as in MAE.
 - 'rotary': no table; each layer rotates the queries and keys (RoFormer, Su et al. 2021,
   eq. 34): head channels (2i, 2i+1) as a pair turned by the angle p·θ_i, θ_i =
   rope_base^(-2i/head_dim), so q·k depends on the positions only through their offset.

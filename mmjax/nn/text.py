@@ -1,11 +1,11 @@
-"""Text tower: token (+ type) + position embeddings (or rotary angles) and an encoder; CLIP- or BERT-style."""
+"""Text tower: token (+ type) + position embeddings or rotary angles, an encoder; CLIP/BERT-style."""
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.nn import positions
 from mmjax.nn.attention import take_rows
 from mmjax.nn.init import logical, normal_init
-from mmjax.nn import positions
 from mmjax.nn.options import TextOptions
 from mmjax.nn.transformer import Encoder, layer_norm
 

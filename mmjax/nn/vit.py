@@ -4,8 +4,8 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.nn.init import logical, normal_init
 from mmjax.nn import positions
+from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import ViTOptions
 from mmjax.nn.transformer import Encoder, layer_norm
 
