@@ -284,7 +284,8 @@ def test_an_export_that_holds_learned_tables_only_refuses_other_encodings(family
 @pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
 def test_each_encoding_trains_the_smoke_mlm(tmp_path, data_dir, position):   # noqa: F811
     """configs/smoke_mlm.py with the encoding: held-out masked-token accuracy at least twice
-    the most-frequent-token baseline's (~6 to 12 minutes each on 2 loaded CPU cores)."""
+    the most-frequent-token baseline's. Measured (2 shared CPU cores, 2026-12-03): learned
+    0.135 in 473 s, sinusoidal 0.147 in 359 s, rotary 0.267 in 804 s; baseline 0.064."""
     workdir = str(tmp_path / "run")
     _mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_mlm.py",
            f"--config.model.text.position={position}")
