@@ -29,6 +29,8 @@ CHOICES = {
     "model.text.pool": ("eot", "first", "mean"),
     "model.image.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
     "model.text.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
+    "model.image.position": ("learned", "sinusoidal", "rotary"),
+    "model.text.position": ("learned", "sinusoidal", "rotary"),
     "model.classify.tower": ("image", "text"),
     "train.early_stop.mode": ("max", "min"),
 }
@@ -50,6 +52,8 @@ RANGES = {
     "model.text.type_vocab_size": "int [0, inf)",
     "model.text.pad_id": "int [0, inf)",
     "model.text.norm_eps": "(0, inf)",
+    "model.image.rope_base": "(1, inf)",
+    "model.text.rope_base": "(1, inf)",
     "model.mlm.max_predictions": "int [1, inf)",
     "model.mlm.mask_rate": "(0, 1]",
     "model.mlm.weight": "[0, inf)",
@@ -384,6 +388,11 @@ def defaults() -> ml_collections.ConfigDict:
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
     )
+    # Positions per tower (mmjax/nn/positions.py): 'learned' (a trained table), 'sinusoidal'
+    # (fixed; 2-D for image patches) or 'rotary' (queries and keys; 2-D axial for images),
+    # whose base (rope_base, RoFormer's 10000) sets the rotation frequencies.
+    c.model.image.update(position="learned", rope_base=10000.0)
+    c.model.text.update(position="learned", rope_base=10000.0)
     # train: what is trained on: a dataset name (mmjax.data.sources.DATASETS, or a tfds
     # folder in the data dir that `mmjax data build` made) or a weighted mixture
     # 'NAME:0.7,OTHER:0.3'. tokenizer_data: the datasets whose train text trains the

@@ -131,9 +131,24 @@ def load_safetensors(path):
     return config_lib.from_dict(json.loads(metadata["mmjax_config"])), layout.unflatten(load_file(path))
 
 
+# The towers each reference family holds: with learned position tables only.
+LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",)}
+
+
+def check_positions(family, config):
+    """A ValueError (one line) when `family` cannot hold the model's position encoding."""
+    for tower in LEARNED_POSITIONS_ONLY[family]:
+        position = config.model[tower].get("position", "learned")
+        if position != "learned":
+            raise ValueError(f"--format {family} holds learned position tables only, but "
+                             f"model.{tower}.position is {position!r}; export with --format "
+                             f"params or safetensors, or train with model.{tower}.position='learned'")
+
+
 def to_reference(family, config, params):
     """(reference config dict, {reference name: numpy array}) of mmjax `params`."""
     fam = FAMILIES[family]
+    check_positions(family, config)
     ref_config = fam.reference_config(config)
     flat = {n: x for n, x in layout.canonical(layout.flatten(params)).items()
             if not n.startswith(fam.SKIP_ON_EXPORT)}

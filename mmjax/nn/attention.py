@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.linear import linear
+from mmjax.nn.positions import rotate
 
 
 def take_rows(x, positions):
@@ -75,6 +76,8 @@ class Attention(nn.Module):
 
     With `select` [b, n], only the rows at those positions query (keys and values still
     come from every row): [b, l, e] -> [b, n, e], the rows the full layer would give there.
+    With `rope` [l, d/2] (rotary angles of each row, nn.positions), queries and keys are
+    rotated by their rows' angles before the dot product.
     """
 
     num_heads: int
@@ -84,7 +87,7 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, padding_mask=None, causal=False, select=None):  # x: [b, l, (h d)]
+    def __call__(self, x, padding_mask=None, causal=False, select=None, rope=None):  # x: [b, l, (h d)]
         width = x.shape[-1]
         h, d = self.num_heads, width // self.num_heads
         x = x.astype(self.dtype)
@@ -107,6 +110,9 @@ class Attention(nn.Module):
                            param(f"{n}_kernel", (width, h, d), ("embed", "heads", "kv")))
                 + param(f"{n}_bias", (h, d), ("heads", "kv"), zeros)
                 for n in "qkv")
+        if rope is not None:
+            k = rotate(k, rope)
+            q = rotate(q, rope if select is None else jnp.asarray(rope)[select])
         y = dot_product_attention(q, k, v, padding_mask=padding_mask, causal=causal,
                                   q_positions=select, backend=self.backend)
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"))

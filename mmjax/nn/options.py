@@ -33,6 +33,10 @@ class EncoderOptions:
     scan: bool = True            # params stacked on a leading 'layers' axis
     remat: str = "none"          # 'none' | 'full' | 'dots' | 'dots_no_batch'
     prune_last_layer: bool = True  # the last layer only at the rows the caller reads (exact)
+    # How the tower encodes positions (nn.positions): 'learned' | 'sinusoidal' | 'rotary'
+    # (the encoder only sees rotary angles; the tower adds tables or computes angles).
+    position: str = "learned"
+    rope_base: float = 10000.0   # rotary: pair i turns by p * rope_base^(-2i/head_dim) (1-D)
     dtype: Any = jnp.float32     # compute
     param_dtype: Any = jnp.float32
 

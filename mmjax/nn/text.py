@@ -1,8 +1,9 @@
-"""Text tower: token (+ type) + position embeddings and an encoder; CLIP- or BERT-style."""
+"""Text tower: token (+ type) + position embeddings or rotary angles, an encoder; CLIP/BERT-style."""
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.nn import positions
 from mmjax.nn.attention import take_rows
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import TextOptions
@@ -31,7 +32,8 @@ class TextTransformer(nn.Module):
     token, `opts.eot_id`: the tokenizer's, see `eot_positions`). BERT: causal=False,
     pre_norm=False, embed_norm=True, type_vocab_size=2, pool='first' ([CLS]); padding (id
     `pad_id`) is masked out of attention. `pooled` and `at_positions` compute the last layer
-    only at the rows they return.
+    only at the rows they return. `opts.position`: a learned table ('pos_embedding'), the
+    fixed sinusoids, or rotary queries and keys (nn.positions).
     """
 
     opts: TextOptions
@@ -39,10 +41,15 @@ class TextTransformer(nn.Module):
     def setup(self):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
+        positions.check(o.position, "text")
+        # Under the fixed sinusoids, tokens start at unit scale as theirs: init std width^-0.5,
+        # times sqrt(width) in `features` (Vaswani et al. §3.4; fairseq's Embedding + embed_scale).
+        std = o.width ** -0.5 if o.position == "sinusoidal" else 0.02
         self.token_embed = nn.Embed(o.vocab_size, o.width, **kw,
-                                    embedding_init=logical(normal_init(0.02), ("vocab", "embed")))
-        self.pos_embedding = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
-                                        (o.context_length, o.width), o.param_dtype)
+                                    embedding_init=logical(normal_init(std), ("vocab", "embed")))
+        if o.position == "learned":
+            self.pos_embedding = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
+                                            (o.context_length, o.width), o.param_dtype)
         if o.type_vocab_size:
             self.type_embed = nn.Embed(o.type_vocab_size, o.width, **kw,
                                        embedding_init=logical(normal_init(0.02), (None, "embed")))
@@ -72,13 +79,21 @@ class TextTransformer(nn.Module):
         """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n]."""
         o = self.opts
         length = tokens.shape[1]
-        x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
+        rope = None
+        if o.position == "learned":
+            x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
+        elif o.position == "sinusoidal":   # tokens x sqrt(width), see setup
+            x = (self.token_embed(tokens) * jnp.sqrt(o.width).astype(o.dtype)
+                 + jnp.asarray(positions.sinusoid_1d(length, o.width), o.dtype))
+        else:   # rotary: no table; every layer rotates queries and keys by these angles
+            x = self.token_embed(tokens)
+            rope = positions.rotary_1d(length, o.width // o.num_heads, o.rope_base)
         if o.type_vocab_size:
             x = x + self.type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
         if o.embed_norm:
             x = self.ln_embed(x)
         padding_mask = None if o.causal else tokens != o.pad_id
-        x = self.encoder(x, padding_mask, select)
+        x = self.encoder(x, padding_mask, select, rope)
         return self.ln_final(x) if o.final_norm else x
 
     def pool_positions(self, tokens):

@@ -54,12 +54,13 @@ class Block(nn.Module):
 
     With `select` [b, n]: only the output rows at those positions, [b, l, e] -> [b, n, e]
     (keys and values from every row; the rest of the layer on the selected rows only).
+    `rope` [l, d/2]: rotary angles of each row (None: no rotation), see nn.positions.
     """
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask, select=None):
+    def __call__(self, x, padding_mask, select=None, rope=None):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
         attn = Attention(o.num_heads, o.fused_qkv, o.attention, name="attn", **kw)
@@ -68,10 +69,10 @@ class Block(nn.Module):
         ln2 = layer_norm(o.norm_eps, name="ln2", **kw)
         x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
         if o.pre_norm:
-            x = take_rows(x, select) + attn(ln1(x), padding_mask, o.causal, select)
+            x = take_rows(x, select) + attn(ln1(x), padding_mask, o.causal, select, rope)
             x = x + mlp(ln2(x))
         else:
-            x = ln1(take_rows(x, select) + attn(x, padding_mask, o.causal, select))
+            x = ln1(take_rows(x, select) + attn(x, padding_mask, o.causal, select, rope))
             x = ln2(x + mlp(x))
         return x
 
@@ -80,8 +81,8 @@ class ScannedBlock(Block):
     """A Block with the (carry, xs) -> (carry, ys) signature that `nn.scan` needs."""
 
     @nn.compact
-    def __call__(self, x, padding_mask):
-        return super().__call__(x, padding_mask), None
+    def __call__(self, x, padding_mask, rope):
+        return super().__call__(x, padding_mask, None, rope), None
 
 
 def _remat(block, o, scanned):
@@ -93,7 +94,7 @@ def _remat(block, o, scanned):
 def _stack(o, depth):
     """`depth` scanned blocks, params stacked on a leading 'layers' axis."""
     return nn.scan(_remat(ScannedBlock, o, True), variable_axes={"params": 0},
-                   split_rngs={"params": True}, in_axes=(nn.broadcast,), length=depth,
+                   split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast), length=depth,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
 
@@ -103,11 +104,11 @@ class _SplitStack(nn.Module):
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask, select):  # [b, l, e] -> [b, n, e]
+    def __call__(self, x, padding_mask, select, rope):  # [b, l, e] -> [b, n, e]
         o = self.opts
         if o.depth > 1:
-            x, _ = _stack(o, o.depth - 1)(o, name="head")(x, padding_mask)
-        return _remat(Block, o, False)(o, name="last")(x, padding_mask, select)
+            x, _ = _stack(o, o.depth - 1)(o, name="head")(x, padding_mask, rope)
+        return _remat(Block, o, False)(o, name="last")(x, padding_mask, select, rope)
 
 
 def _split_last(variables):
@@ -123,30 +124,31 @@ class Encoder(nn.Module):
 
     With `select` [b, n] (the positions the caller reads), only those output rows come back,
     [b, n, e], and with `opts.prune_last_layer` the last layer computes only them.
+    `rope` [l, d/2]: the rotary angles of each row (nn.positions), or None.
     """
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask=None, select=None):  # [b, l, e] -> [b, l | n, e]
+    def __call__(self, x, padding_mask=None, select=None, rope=None):  # [b, l, e] -> [b, l | n, e]
         o = self.opts
         if select is None or not o.prune_last_layer or self.is_initializing():
-            return take_rows(self._full(x, padding_mask), select)
+            return take_rows(self._full(x, padding_mask, rope), select)
         if o.scan:   # the same stacked params, split into the scanned head and the last layer
             split = nn.map_variables(_SplitStack, "params", trans_in_fn=_split_last)
-            return split(o, name="layers")(x, padding_mask, select)
+            return split(o, name="layers")(x, padding_mask, select, rope)
         block = _remat(Block, o, False)
         for i in range(o.depth):
-            x = block(o, name=f"layers_{i}")(x, padding_mask, select if i == o.depth - 1 else None)
+            x = block(o, name=f"layers_{i}")(x, padding_mask, select if i == o.depth - 1 else None, rope)
         return x
 
-    def _full(self, x, padding_mask):
+    def _full(self, x, padding_mask, rope):
         """Every layer at every position: [b, l, e] -> [b, l, e]."""
         o = self.opts
         if o.scan:
-            x, _ = _stack(o, o.depth)(o, name="layers")(x, padding_mask)
+            x, _ = _stack(o, o.depth)(o, name="layers")(x, padding_mask, rope)
             return x
         block = _remat(Block, o, False)
         for i in range(o.depth):
-            x = block(o, name=f"layers_{i}")(x, padding_mask)
+            x = block(o, name=f"layers_{i}")(x, padding_mask, None, rope)
         return x

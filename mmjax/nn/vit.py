@@ -4,6 +4,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.nn import positions
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import ViTOptions
 from mmjax.nn.transformer import Encoder, layer_norm
@@ -14,7 +15,9 @@ class ViT(nn.Module):
 
     Layout follows CLIP: patch embed (no bias by default), + positions, LN (`ln_pre`), encoder,
     pool ('cls' token or 'mean' over patches), LN. With 'cls' the last layer computes only
-    the class token's row (`opts.prune_last_layer`).
+    the class token's row (`opts.prune_last_layer`). `opts.position`: a learned table, MAE's
+    2-D sinusoids, or axial 2-D rotary queries and keys (nn.positions); under the last two the
+    class token has no position.
     """
 
     opts: ViTOptions
@@ -38,14 +41,23 @@ class ViT(nn.Module):
                              (o.width,), o.param_dtype)
             cls = jnp.broadcast_to(cls.astype(o.dtype), (x.shape[0], 1, o.width))
             x = jnp.concatenate([cls, x], axis=1)
-        pos = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
-                         x.shape[1:], o.param_dtype)
-        x = x + pos.astype(o.dtype)
+        positions.check(o.position, "image")
+        rows, cols = images.shape[1] // p, images.shape[2] // p
+        cls_row = positions.with_class_token if o.pool == "cls" else (lambda table: table)
+        rope = None
+        if o.position == "learned":
+            pos = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
+                             x.shape[1:], o.param_dtype)
+            x = x + pos.astype(o.dtype)
+        elif o.position == "sinusoidal":
+            x = x + jnp.asarray(cls_row(positions.sinusoid_2d(rows, cols, o.width)), o.dtype)
+        else:   # rotary: every layer rotates queries and keys by these angles
+            rope = cls_row(positions.rotary_2d(rows, cols, o.width // o.num_heads, o.rope_base))
         if o.ln_pre:
             x = layer_norm(o.norm_eps, name="ln_pre", **kw)(x)
         encoder = Encoder(o.replace(causal=False), name="encoder")
         if o.pool == "cls":   # the last layer runs only at the class token
-            pooled = encoder(x, select=jnp.zeros((x.shape[0], 1), jnp.int32))[:, 0]
+            pooled = encoder(x, select=jnp.zeros((x.shape[0], 1), jnp.int32), rope=rope)[:, 0]
         else:
-            pooled = encoder(x).mean(axis=1)
+            pooled = encoder(x, rope=rope).mean(axis=1)
         return layer_norm(o.norm_eps, name="ln_post", **kw)(pooled)
