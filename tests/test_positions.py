@@ -280,7 +280,7 @@ def test_an_export_that_holds_learned_tables_only_refuses_other_encodings(family
 
 # --- training ---------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.acceptance   # ~2.5-4 min each unloaded: by hand (learned is test_smoke's, in CI)
 @pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
 def test_each_encoding_trains_the_smoke_mlm(tmp_path, data_dir, position):   # noqa: F811
     """configs/smoke_mlm.py with the encoding: held-out masked-token accuracy at least twice
