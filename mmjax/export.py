@@ -1,4 +1,4 @@
-"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT) and
+"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT / GPT-2) and
 import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
 
 import json
@@ -17,12 +17,12 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_gpt2, layout, open_clip
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.

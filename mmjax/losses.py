@@ -237,3 +237,29 @@ def mlm_loss(logits, labels, weights):
     loss = jnp.sum(weights * ce) / denom
     metrics = {'mlm_accuracy': jnp.sum(weights * correct) / denom, 'mlm_count': count}
     return loss, metrics
+
+
+def next_token_loss(logits, tokens, weights, z_loss=0.0):
+    """Causal-LM cross-entropy: row i of logits predicts token i + 1.
+
+    Args:
+      logits: [b, l, V] (any float dtype); the last row has no target and is not read.
+      tokens: [b, l] int token ids.
+      weights: [b, l - 1] float, 1 where tokens[:, 1:] is a target, 0 elsewhere.
+      z_loss: coefficient of PaLM's auxiliary z-loss, mean of log(Z)², Z = Σ exp(logits).
+
+    Returns:
+      (loss, metrics): loss = Σ w·ce / max(Σ w, 1) + z_loss · Σ w·log(Z)² / max(Σ w, 1) in
+      float32; metrics: 'lm_accuracy' (weighted argmax), 'lm_count' (Σ w), 'lm_z' (mean log(Z)²).
+    """
+    logits = jnp.asarray(logits, jnp.float32)[:, :-1]
+    targets = tokens[:, 1:].astype(jnp.int32)
+    weights = jnp.asarray(weights, jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)                                   # [b, l - 1]
+    ce = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    count = weights.sum()
+    denom = jnp.maximum(count, 1.0)
+    z = jnp.sum(weights * lse ** 2) / denom
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    loss = jnp.sum(weights * ce) / denom + z_loss * z
+    return loss, {'lm_accuracy': jnp.sum(weights * correct) / denom, 'lm_count': count, 'lm_z': z}
