@@ -144,7 +144,7 @@ def test_lm_loss_equals_numpy_next_token_cross_entropy(pack, tie, z_loss):
 def _to_gpt2(config, params, out):
     hf_config, tensors = export.to_reference("hf_gpt2", config, params)
     hf_gpt2.save(str(out), hf_config, tensors, config)
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
 
 
@@ -220,6 +220,8 @@ def test_lm_loss_on_a_3d_mesh_equals_one_device():
         config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:int(np.prod(shape))])
         state = run.init_state()
+        leaf = state.params["lm_head"]
+        assert len(leaf.sharding.device_set) == int(np.prod(shape))
         fn = jax.value_and_grad(make_loss_fn(run.task.loss_terms(run.model, run.mesh)), has_aux=True)
         batch = sharding.global_batch({"text": tokens}, run.mesh)
         (loss, _), grads = Traced(jax.jit(fn, in_shardings=(run.state_shardings.params,
@@ -232,3 +234,61 @@ def test_lm_loss_on_a_3d_mesh_equals_one_device():
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_8), jax.tree.leaves(grads_1)):
         assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(b), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def prose_dir(tmp_path_factory):
+    """The prose dataset and its WordPiece vocabulary, built once for this file's tests."""
+    from conftest import shared_dir
+    from mmjax.data import builders
+    folder, lock = shared_dir(tmp_path_factory, "lm_prose")
+    with lock:
+        if not (folder / "done").exists():
+            builders.prepare("prose", str(folder))
+            (folder / "done").touch()
+    return str(folder)
+
+
+def test_lm_evaluator_perplexity_is_exp_mean_nll_of_the_model_logits(prose_dir):
+    from mmjax.data import sources
+    from mmjax.eval.lm import NextTokenLM
+    config = config_lib.load("configs/smoke_lm.py")
+    config.model.text.update(context_length=16, width=16, depth=1, num_heads=2, mlp_dim=32)
+    run = setup(config, data_dir=prose_dir, devices=jax.devices()[:2])
+    params = run.init_state().params
+    spec = dict(type="lm", dataset="prose", split="test", every=1, batch_size=256, seed=0)
+    got = NextTokenLM(run, spec, prose_dir).run(params)
+    # numpy: each held-out text as one row; targets up to and including its first end token
+    tok, prose = run.tokenizer, sources.get("prose", prose_dir)
+    rows = tok.encode(list(prose.texts(prose_dir, "test")), 16)
+    apply = jax.jit(lambda p, t: run.model.apply({"params": p}, t, method="lm_logits"))
+    logits = np.concatenate([np.asarray(apply(params, rows[i:i + 256]), np.float64)
+                             for i in range(0, len(rows), 256)])[:, :-1]
+    nll = -np.take_along_axis(numpy_log_softmax(logits), rows[:, 1:, None], -1)[..., 0]
+    ends = np.argmax(rows == tok.eos_id, axis=1)
+    w = np.arange(15)[None] < ends[:, None]
+    assert got["n"] == len(rows) and got["tokens"] == w.sum()
+    np.testing.assert_allclose(got["perplexity"], np.exp(nll[w].mean()), rtol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], (logits.argmax(-1) == rows[:, 1:])[w].mean())
+    # the unigram model: add-one counts of the train split's targets
+    train = tok.encode(list(prose.texts(prose_dir, "train")), 16)
+    tw = np.arange(15)[None] < np.argmax(train == tok.eos_id, axis=1)[:, None]
+    counts = np.bincount(train[:, 1:][tw], minlength=tok.vocab_size) + 1.0
+    np.testing.assert_allclose(got["unigram_perplexity"],
+                               np.exp(-np.log(counts / counts.sum())[rows[:, 1:][w]].mean()),
+                               rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_smoke_lm_halves_the_unigram_perplexity(tmp_path, prose_dir):
+    """configs/smoke_lm.py end to end; then its export loads in transformers."""
+    from conftest import run_mmjax
+    workdir = str(tmp_path / "run")
+    run_mmjax("train", "--workdir", workdir, "--data_dir", prose_dir, "--config", "configs/smoke_lm.py")
+    records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+    final = [r for r in records if "eval/lm/perplexity" in r][-1]
+    print(final)
+    assert final["eval/lm/perplexity"] <= 0.5 * final["eval/lm/unigram_perplexity"], final
+    run_mmjax("export", "--workdir", workdir, "--format", "hf_gpt2", "--out", str(tmp_path / "gpt2"))
+    import transformers
+    transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "gpt2"))

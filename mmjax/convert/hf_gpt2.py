@@ -7,8 +7,8 @@ head (`model.lm.tie_embeddings`, GPT-2's own) has no tensor of its own; an untie
 as flax kernels are. An import also takes `GPT2Model` weights (no `transformer.` prefix, no
 head): only a tied head can then be built.
 
-Tokenizer files are not written: the run's tokenizers (CLIP's BPE, a WordPiece vocabulary)
-are not GPT-2's byte-level BPE, so `AutoTokenizer` cannot load them as GPT-2's.
+Tokenizer files are not written yet: an exporter is handed the config and the weights, not
+the run's tokenizer (whose WordPiece vocabulary is moving into the workdir).
 """
 
 import numpy as np
