@@ -171,6 +171,7 @@ def test_exported_gpt2_gives_the_same_logits_and_greedy_continuation(tmp_path, t
     reference = _to_gpt2(config, params, tmp_path / "gpt2")
     written = json.loads((tmp_path / "gpt2" / "config.json").read_text())
     assert written["tie_word_embeddings"] is tie and reference.config.tie_word_embeddings is tie
+    assert (tmp_path / "gpt2" / "tokenizer.json").is_file()   # a clip_bpe run's tokenizer
     tokens = packed_tokens(2, 40, seed=3)
     ours, theirs = _logits(model, params, tokens), _torch_logits(reference, tokens)
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= 1e-4
@@ -201,6 +202,21 @@ def test_gpt2_import_gives_transformers_logits():
     tokens = np.random.default_rng(0).integers(0, 96, (2, 24)).astype(np.int32)
     ours, theirs = _logits(model, params, tokens), _torch_logits(reference, tokens)
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= 1e-4
+
+
+def test_exported_tokenizers_load_in_autotokenizer_and_tokenise_as_mmjax(tmp_path):
+    from transformers import AutoTokenizer
+    from mmjax.data.tokenizers import ClipTokenizer, WordPieceTokenizer
+    texts = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind",
+             "def f(x): return x ** 2  # Python"]
+    for name, tok in (("clip", ClipTokenizer()), ("wordpiece", WordPieceTokenizer.train(texts * 5, 120))):
+        out = tmp_path / name
+        out.mkdir()
+        hf_gpt2.save_tokenizer(str(out), tok, 16)
+        theirs = AutoTokenizer.from_pretrained(str(out))
+        assert theirs(texts, add_special_tokens=False)["input_ids"] == tok.ids(texts), name
+        assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (
+            tok.bos_id, tok.eos_id, tok.pad_id), name
 
 
 def test_gpt2_export_refuses_in_one_line_what_gpt2_cannot_hold():

@@ -7,16 +7,20 @@ head (`model.lm.tie_embeddings`, GPT-2's own) has no tensor of its own; an untie
 as flax kernels are. An import also takes `GPT2Model` weights (no `transformer.` prefix, no
 head): only a tied head can then be built.
 
-Tokenizer files are not written yet: an exporter is handed the config and the weights, not
-the run's tokenizer (whose WordPiece vocabulary is moving into the workdir).
+Tokenizer files (`save_tokenizer`: tokenizer.json + tokenizer_config.json, read by
+`AutoTokenizer`) are written for a 'clip_bpe' run; a WordPiece run's vocabulary is not
+handed to the exporter yet.
 """
+
+import json
+import os
 
 import numpy as np
 
-from mmjax.convert import hf_bert
+from mmjax.convert import layout
 from mmjax.convert.layout import Rule, norm, same
 
-CONFIG_FILE, WEIGHTS_FILE = hf_bert.CONFIG_FILE, hf_bert.WEIGHTS_FILE
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 DEFAULT_BASE = "smoke_lm.py"
 SKIP_ON_EXPORT = ()
 OPTIONAL = ()
@@ -114,12 +118,39 @@ def prepare(tensors):
     return tensors
 
 
-def save(out, hf_config, tensors, config):
-    """Writes a transformers model directory."""
-    hf_bert.save(out, hf_config, tensors, config)
+def save(out, hf_config, tensors, config=None):
+    """Writes a transformers model directory; with a 'clip_bpe' run's config (the one tokenizer
+    a config fixes), its tokenizer too (`save_tokenizer`)."""
+    from safetensors.numpy import save_file
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    save_file(layout.contiguous(tensors), os.path.join(out, WEIGHTS_FILE), metadata={"format": "pt"})
+    if config is not None and config.data.tokenizer == "clip_bpe":
+        from mmjax.data.tokenizers import ClipTokenizer
+        save_tokenizer(out, ClipTokenizer(), config.model.text.context_length)
+
+
+def save_tokenizer(out, tokenizer, max_length):
+    """An mmjax tokenizer (a `tokenizers` pipeline inside) as `AutoTokenizer.from_pretrained(out)`
+    reads it: tokenizer.json + tokenizer_config.json naming its start, end and padding tokens."""
+    tok = tokenizer._tok   # noqa: SLF001 (mmjax's tokenizers wrap a `tokenizers.Tokenizer`)
+    names = {f"{k}_token": tok.id_to_token(getattr(tokenizer, f"{k}_id")) for k in ("bos", "eos", "pad")}
+    with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(tok.to_str())
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+                   **names}, f, indent=2)
 
 
 def load(src):
-    """(GPT2Config dict, tensors) of a transformers model directory."""
-    return hf_bert.load(src)
+    """(GPT2Config dict, tensors) of a transformers model directory (safetensors)."""
+    from safetensors.numpy import load_file
+    with open(os.path.join(src, CONFIG_FILE)) as f:
+        hf_config = json.load(f)
+    path = os.path.join(src, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{src} holds no {WEIGHTS_FILE}; save the model with "
+                                f"save_pretrained(DIR, safe_serialization=True)")
+    return hf_config, load_file(path)
 
