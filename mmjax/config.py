@@ -54,6 +54,7 @@ RANGES = {
     "model.mlm.mask_rate": "(0, 1]",
     "model.mlm.weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
+    "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
     "model.classify.text_length": "int [0, inf)",     # 0: model.text.context_length
     "data.image_size": "int [1, inf)",
@@ -383,8 +384,9 @@ def defaults() -> ml_collections.ConfigDict:
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
         # The 'lm' task: output head tied to the token table (GPT-2) or its own; z_loss: the
-        # coefficient of PaLM's log(Z)² term (0: off).
-        lm=dict(tie_embeddings=True, z_loss=0.0),
+        # coefficient of PaLM's log(Z)² term (0: off); chunk: the loss runs the head on this
+        # many positions at a time, never holding [batch, length, vocab] logits (0: at once).
+        lm=dict(tie_embeddings=True, z_loss=0.0, chunk=0),
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
     )

@@ -226,13 +226,14 @@ def test_gpt2_export_refuses_in_one_line_what_gpt2_cannot_hold():
         hf_gpt2.reference_config(config)
 
 
-def test_lm_loss_on_a_3d_mesh_equals_one_device():
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_lm_loss_on_a_3d_mesh_equals_one_device(chunk):
     """8 simulated devices, data 2 x fsdp 2 x tensor 2: loss and grads within 1e-5."""
     tokens = packed_tokens(16, 16, seed=5)
 
     def loss_and_grads(shape):
         config = lm_config(tie=False)
-        config.model.lm.z_loss = 1e-3
+        config.model.lm.update(z_loss=1e-3, chunk=chunk)
         config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:int(np.prod(shape))])
         state = run.init_state()
@@ -308,3 +309,22 @@ def test_smoke_lm_halves_the_unigram_perplexity(tmp_path, prose_dir):
     run_mmjax("export", "--workdir", workdir, "--format", "hf_gpt2", "--out", str(tmp_path / "gpt2"))
     import transformers
     transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "gpt2"))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_head_in_chunks_gives_the_loss_and_grads_of_the_whole(tie):
+    """model.lm.chunk=4 over 15 target rows (padded to 16): loss and grads as chunk=0."""
+    tokens = packed_tokens(4, 16, seed=7)
+    out = []
+    for chunk in (0, 4):
+        config = lm_config(tie=tie)
+        config.model.lm.update(z_loss=1e-2, chunk=chunk)
+        task, model, params = _init(config, scale=0.2)
+        fn = task.loss_terms(model, None)["lm"].fn
+        (loss, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params, {"text": tokens}, None)
+        out.append((float(loss), jax.device_get(metrics), jax.device_get(grads)))
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-6)
+    for k in out[0][1]:
+        np.testing.assert_allclose(out[1][1][k], out[0][1][k], rtol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree.leaves(out[1][2]), jax.tree.leaves(out[0][2])):
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)

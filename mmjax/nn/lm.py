@@ -26,23 +26,32 @@ class CausalLM(nn.Module):
     """Tokens [b, l] -> next-token logits [b, l, vocab] (row i predicts token i + 1).
 
     tie_embeddings: logits = h @ token_tableᵀ (GPT-2); else a separate [width, vocab] kernel.
-    Neither has a bias (GPT-2's head has none).
+    Neither has a bias (GPT-2's head has none). `hidden` and `head` are the two halves, for a
+    loss that runs the head a chunk of rows at a time.
     """
 
     text: TextTransformer
     tie_embeddings: bool = True
 
-    @nn.compact
+    def setup(self):
+        if not self.tie_embeddings:
+            o = self.text.opts
+            self.lm_head = self.param("lm_head", logical(normal_init(o.width ** -0.5), ("embed", "vocab")),
+                                      (o.width, o.vocab_size), o.param_dtype)
+
     def __call__(self, tokens, mask=None):
         """mask [b, l, l] or None: the document mask of packed rows (`document_mask`)."""
-        h = self.text.features(tokens, mask=mask)                    # [b, l, e]
+        return self.head(self.hidden(tokens, mask))
+
+    def hidden(self, tokens, mask=None):
+        """The final hidden states [b, l, width]."""
+        return self.text.features(tokens, mask=mask)
+
+    def head(self, h):
+        """Hidden states [..., width] -> vocabulary logits [..., vocab]."""
         if self.tie_embeddings:
-            table = self.text.word_embeddings().astype(h.dtype)
-            return jnp.einsum("ble,ve->blv", h, table)
-        o = self.text.opts
-        kernel = self.param("lm_head", logical(normal_init(o.width ** -0.5), ("embed", "vocab")),
-                            (o.width, o.vocab_size), o.param_dtype)
-        return jnp.einsum("ble,ev->blv", h, kernel.astype(h.dtype))
+            return jnp.einsum("...e,ve->...v", h, self.text.word_embeddings().astype(h.dtype))
+        return jnp.einsum("...e,ev->...v", h, self.lm_head.astype(h.dtype))
 
     def lm_logits(self, tokens, mask=None):
         """The same as calling the model: the name every causal-LM-capable model shares."""

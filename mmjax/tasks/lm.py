@@ -6,7 +6,7 @@ import numpy as np
 
 from mmjax import flops
 from mmjax.errors import ConfigError
-from mmjax.losses import next_token_loss
+from mmjax.losses import chunked_next_token_loss, next_token_loss
 from mmjax.nn import options
 from mmjax.nn.lm import CausalLM, document_mask
 from mmjax.nn.text import TextTransformer
@@ -32,15 +32,22 @@ def target_weights(tokens, eos_id: int, packed: bool):
 
 def lm_term(config, tokenizer, model, weight=1.0):
     """The next-token loss on `batch['text']`; any model with an `lm_logits(tokens, mask)`
-    method. `data.pack_mask`: attention stays inside each packed document."""
+    method (and `hidden` / `head` ones when `model.lm.chunk` runs the head in chunks).
+    `data.pack_mask`: attention stays inside each packed document."""
     eos, packed = end_id(tokenizer), bool(config.data.pack)
     use_mask, z_loss = bool(config.data.get("pack_mask", False)), float(config.model.lm.z_loss)
+    chunk = int(config.model.lm.get("chunk", 0))
 
     def fn(params, batch, rng):
         tokens = batch["text"]
         mask = document_mask(tokens, eos) if use_mask else None
-        logits = model.apply({"params": params}, tokens, mask, method="lm_logits")
-        return next_token_loss(logits, tokens, target_weights(tokens, eos, packed), z_loss)
+        weights = target_weights(tokens, eos, packed)
+        if not chunk:
+            logits = model.apply({"params": params}, tokens, mask, method="lm_logits")
+            return next_token_loss(logits, tokens, weights, z_loss)
+        hidden = model.apply({"params": params}, tokens, mask, method="hidden")
+        head = lambda h: model.apply({"params": params}, h, method="head")   # noqa: E731
+        return chunked_next_token_loss(head, hidden, tokens, weights, z_loss, chunk)
 
     return ExampleTerm(fn, weight)
 
