@@ -57,6 +57,8 @@ RANGES = {
     "model.mlm.max_predictions": "int [1, inf)",
     "model.mlm.mask_rate": "(0, 1]",
     "model.mlm.weight": "[0, inf)",
+    "model.lm.z_loss": "[0, inf)",
+    "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
     "model.classify.text_length": "int [0, inf)",     # 0: model.text.context_length
     "data.image_size": "int [1, inf)",
@@ -385,6 +387,10 @@ def defaults() -> ml_collections.ConfigDict:
         # MLM: how many positions per sequence are predicted (fixed, for static shapes), the
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
+        # The 'lm' task: output head tied to the token table (GPT-2) or its own; z_loss: the
+        # coefficient of PaLM's log(Z)² term (0: off); chunk: the loss runs the head on this
+        # many positions at a time, never holding [batch, length, vocab] logits (0: at once).
+        lm=dict(tie_embeddings=True, z_loss=0.0, chunk=0),
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
     )
@@ -399,7 +405,8 @@ def defaults() -> ml_collections.ConfigDict:
     # WordPiece vocabulary (default: train's). vocab_file: a BERT vocab.txt for 'wordpiece'.
     # Images: decoded, cropped (train: crop 'random_resized' with crop_scale / crop_ratio,
     # 'resize' or 'center'; eval: resize + centre crop) to image_size x image_channels,
-    # normalised with mean / std (CLIP's). pack: MLM rows packed from whole documents.
+    # normalised with mean / std (CLIP's). pack: MLM / LM rows packed from whole documents;
+    # pack_mask: attention stays inside each packed document (task 'lm').
     # worker_count: grain worker processes per host. max_bad_fraction: records that fail
     # to decode are skipped and counted (data/skipped); more than this fraction stops.
     c.data = dict(train="digit_captions", tokenizer="clip_bpe", tokenizer_data=(),
@@ -407,7 +414,7 @@ def defaults() -> ml_collections.ConfigDict:
                   crop_scale=(0.9, 1.0), crop_ratio=(0.75, 4 / 3),
                   mean=(0.48145466, 0.4578275, 0.40821073),
                   std=(0.26862954, 0.26130258, 0.27577711),
-                  pack=False, worker_count=0, max_bad_fraction=0.01)
+                  pack=False, pack_mask=False, worker_count=0, max_bad_fraction=0.01)
     c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all

@@ -1,4 +1,4 @@
-"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT) and
+"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT / GPT-2) and
 import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
 
 import json
@@ -17,13 +17,13 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_gpt2, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -217,9 +217,9 @@ def export(workdir, fmt, out, step=None, dtype=None):
         save_safetensors(out, config, params, tokenizer.vocab_text() if tokenizer else "")
     else:
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
-    if tokenizer and fmt == "hf_bert":
-        hf_bert.save_tokenizer(out, tokenizer, config.model.text.context_length)
-    elif tokenizer and fmt != "safetensors":
+    if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
+        FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
+    if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(vocab_lib.vocab_path(out))
     return {"format": fmt, "step": step, "out": out, "vocab": tokenizer is not None,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}

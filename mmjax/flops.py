@@ -20,6 +20,8 @@ n rows only (2·b·n·(2e² + 2·e·f)); its attention scores are n×L (2·2·b�
 MLM (BERT): embeddings are gathers (no FLOPs); the head runs only at the b·M predicted
 slots (M = model.mlm.max_predictions, padding slots included): transform 2·b·M·e², tied
 decoder 2·b·M·e·V.
+LM (GPT): every layer at every row (no pruning: every row predicts), the head (tied or
+not) 2·b·L·e·V at all L rows.
 CLIP: patch embedding 2·b·P·(p²·c)·e (2x, no input gradient), one projection 2·b·e·D per
 tower, logits 2·2·b²·D (the sharded InfoNCE scores image rows and text rows separately);
 the ViT sees P + 1 tokens with a class token.
@@ -80,3 +82,10 @@ def clip_train_flops(b, image, text, image_size, channels, embed_dim, prune=True
                + 2 * b * (image.width + text.width) * embed_dim + 4 * b * b * embed_dim)
     patch_embed = 2 * b * patches * image.patch_size ** 2 * channels * image.width
     return 3 * forward + 2 * patch_embed
+
+
+def lm_train_flops(b, text):
+    """Causal-LM step: the encoder at all L rows and the vocabulary head at all L rows, 3x."""
+    L = text.context_length
+    return 3 * (encoder_forward(b, L, text.width, text.mlp_dim, text.depth)
+                + 2 * b * L * text.width * text.vocab_size)

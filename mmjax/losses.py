@@ -237,3 +237,65 @@ def mlm_loss(logits, labels, weights):
     loss = jnp.sum(weights * ce) / denom
     metrics = {'mlm_accuracy': jnp.sum(weights * correct) / denom, 'mlm_count': count}
     return loss, metrics
+
+
+def next_token_loss(logits, tokens, weights, z_loss=0.0):
+    """Causal-LM cross-entropy: row i of logits predicts token i + 1.
+
+    Args:
+      logits: [b, l, V] (any float dtype); the last row has no target and is not read.
+      tokens: [b, l] int token ids.
+      weights: [b, l - 1] float, 1 where tokens[:, 1:] is a target, 0 elsewhere.
+      z_loss: coefficient of PaLM's auxiliary z-loss, mean of log(Z)², Z = Σ exp(logits).
+
+    Returns:
+      (loss, metrics): loss = Σ w·ce / max(Σ w, 1) + z_loss · Σ w·log(Z)² / max(Σ w, 1) in
+      float32; metrics: 'lm_accuracy' (weighted argmax), 'lm_count' (Σ w), 'lm_z' (mean log(Z)²).
+    """
+    logits = jnp.asarray(logits, jnp.float32)[:, :-1]
+    targets = tokens[:, 1:].astype(jnp.int32)
+    weights = jnp.asarray(weights, jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)                                   # [b, l - 1]
+    ce = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    count = weights.sum()
+    denom = jnp.maximum(count, 1.0)
+    z = jnp.sum(weights * lse ** 2) / denom
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    loss = jnp.sum(weights * ce) / denom + z_loss * z
+    return loss, {'lm_accuracy': jnp.sum(weights * correct) / denom, 'lm_count': count, 'lm_z': z}
+
+
+def chunked_next_token_loss(head, hidden, tokens, weights, z_loss=0.0, chunk=128):
+    """`next_token_loss` of `head(hidden)` without the [b, l, V] logits: the head runs on
+    `chunk` rows at a time inside a rematerialised scan (its backward recomputes each chunk's
+    logits), so only [b, chunk, V] logits exist at once.
+
+    Args:
+      head: hidden [b, c, e] -> logits [b, c, V].
+      hidden: [b, l, e] final hidden states; the last row has no target and is not read.
+      tokens, weights, z_loss: as in `next_token_loss`.
+      chunk: rows per head call (the l - 1 rows are padded to a multiple, with weight 0).
+    """
+    h, targets = hidden[:, :-1], tokens[:, 1:].astype(jnp.int32)
+    weights = jnp.asarray(weights, jnp.float32)
+    n = -(-h.shape[1] // chunk)
+    pad = n * chunk - h.shape[1]
+
+    def chunks(x):   # [b, n·chunk, ...] -> [n, b, chunk, ...]
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(x.shape[0], n, chunk, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(sums, xs):
+        hc, tc, wc = xs
+        logits = jnp.asarray(head(hc), jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        ce = lse - jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, axis=-1) == tc).astype(jnp.float32)
+        return sums + jnp.stack([jnp.sum(wc * ce), jnp.sum(wc * lse ** 2), jnp.sum(wc * correct)]), None
+
+    sums, _ = jax.lax.scan(one, jnp.zeros(3, jnp.float32), (chunks(h), chunks(targets), chunks(weights)))
+    count = weights.sum()
+    denom = jnp.maximum(count, 1.0)
+    z = sums[1] / denom
+    return sums[0] / denom + z_loss * z, {'lm_accuracy': sums[2] / denom, 'lm_count': count, 'lm_z': z}

@@ -20,10 +20,11 @@ def take_rows(x, positions):
 def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
     """Bool mask [b | 1, 1, q, k] of the allowed (query, key) pairs, or None when all are.
 
-    padding_mask: [b, k], True at real keys. causal: a query at position p sees keys <= p,
-    its position being its row (q_positions None) or q_positions [b, q].
+    padding_mask: [b, k], True at real keys, or [b, l, k], True at the allowed (query row, key)
+    pairs (packed documents). causal: a query at position p sees keys <= p, its position
+    being its row (q_positions None) or q_positions [b, q].
     """
-    mask = None if padding_mask is None else padding_mask[:, None, None, :]
+    mask = None if padding_mask is None else _broadcast(padding_mask, q_positions)
     if causal:
         keys = jnp.arange(k_length)
         if q_positions is None:
@@ -34,11 +35,20 @@ def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
     return mask
 
 
+def _broadcast(padding_mask, q_positions=None):
+    """padding_mask [b, k] -> [b, 1, 1, k]; a pair mask [b, l, k] -> [b, 1, q, k], its rows at
+    q_positions [b, q] when given."""
+    if padding_mask.ndim == 2:
+        return padding_mask[:, None, None, :]
+    return take_rows(padding_mask, q_positions)[:, None]
+
+
 def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, q_positions=None,
                           backend="auto"):
     """Softmax attention of q [b, q, h, d] over k, v [b, l, h, d] -> [b, q, h, d].
 
-    padding_mask: [b, l] bool, True where the key is a real token.
+    padding_mask: [b, l] bool, True where the key is a real token; or [b, l, l], True where
+    query row i may see key j (a token never attends across packed documents).
     q_positions: [b, q] int, the positions of the query rows among the keys (a pruned last
     layer queries only the rows the loss reads); None: the queries are the whole sequence.
     backend: 'einsum' is the plain form below (the fastest on CPU for small models);
@@ -51,7 +61,7 @@ def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, q_positio
         backend = "einsum" if jax.default_backend() == "cpu" else None
     if backend != "einsum":
         if q_positions is None:
-            mask = None if padding_mask is None else padding_mask[:, None, None, :]
+            mask = None if padding_mask is None else _broadcast(padding_mask)
             return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
                                                 implementation=backend)
         mask = attention_mask(padding_mask, causal, q_positions, q.shape[1], k.shape[1])

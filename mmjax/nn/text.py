@@ -75,8 +75,9 @@ class TextTransformer(nn.Module):
         """Features at positions [b, m] -> [b, m, width]; the last layer runs at those rows only."""
         return self.features(tokens, token_types, positions)
 
-    def features(self, tokens, token_types=None, select=None):
-        """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n]."""
+    def features(self, tokens, token_types=None, select=None, mask=None):
+        """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n].
+        `mask` [b, l, l]: the (query, key) pairs allowed besides causality (packed documents)."""
         o = self.opts
         length = tokens.shape[1]
         rope = None
@@ -92,7 +93,7 @@ class TextTransformer(nn.Module):
             x = x + self.type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
         if o.embed_norm:
             x = self.ln_embed(x)
-        padding_mask = None if o.causal else tokens != o.pad_id
+        padding_mask = mask if mask is not None else None if o.causal else tokens != o.pad_id
         x = self.encoder(x, padding_mask, select, rope)
         return self.ln_final(x) if o.final_norm else x
 
