@@ -132,7 +132,7 @@ def load_safetensors(path):
 
 
 # The towers each reference family holds: with learned position tables only.
-LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",)}
+LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",)}
 
 
 def check_positions(family, config):
