@@ -146,12 +146,12 @@ def test_training_gives_one_vocabulary_close_to_hf_trainers(mlm_run, tmp_path):
     assert not any(ours.unk_id in row for row in ours.ids(texts))
 
 
-def test_a_gs_workdir_holds_the_vocab(tmp_path):
+def test_a_gs_workdir_holds_the_vocab(tmp_path, monkeypatch):
     """`run_tokenizer` writes a gs:// workdir's vocab.txt (one upload) and reads it back
     once the data dir's is gone."""
     server, env = gcs_emulator.start("bucket")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     try:
         config = config_lib.load("configs/smoke_mlm.py")
         data_dir = str(tmp_path / "data")
@@ -167,11 +167,6 @@ def test_a_gs_workdir_holds_the_vocab(tmp_path):
         assert not os.path.exists(cached_vocab(data_dir)) and not os.path.exists("gs:")
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_differing_vocabularies_name_the_processes_and_hosts(monkeypatch, tmp_path):
