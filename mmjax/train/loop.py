@@ -127,8 +127,7 @@ def train(config, workdir, data_dir, weights_only=False):
                              {"train/examples_per_s": rate} | mfu(rate / config.train.batch_size) |
                              feed.stats())
                 writer.progress(step, float(metrics["loss"]), rate)
-                if int(metrics.get("skipped_steps", 0)) > max_skipped:
-                    ckpt.wait()
+                if int(metrics.get("skipped_steps", 0)) > max_skipped:  # (saves commit below)
                     raise TrainingDiverged(
                         f"step {step}: the last {int(metrics['skipped_steps'])} updates had non-finite "
                         f"gradients (loss {float(metrics['loss'])}) and were skipped; stopping. The "
