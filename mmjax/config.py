@@ -76,6 +76,8 @@ RANGES = {
     "train.grad_accum_steps": "int [1, inf)",
     "train.early_stop.patience": "int [0, inf)",      # 0: off
     "train.peak_flops_per_chip": "[0, inf)",          # 0: data sheet / CPU calibration
+    "train.profile.start_step": "int [0, inf)",
+    "train.profile.steps": "int [0, inf)",            # 0: no trace
     "optim.lr": "(0, inf)",
     "optim.warmup_steps": "int [0, inf)",
     "optim.end_lr_ratio": "[0, 1]",
@@ -426,7 +428,10 @@ def defaults() -> ml_collections.ConfigDict:
                    # train/mfu's denominator, one chip's bf16 dense peak FLOP/s; 0: the data
                    # sheet of the device kind, or on CPU one calibration stored per CPU
                    # (mmjax/train/mfu.py). A device kind it does not know gets no MFU.
-                   peak_flops_per_chip=0.0)
+                   peak_flops_per_chip=0.0,
+                   # A JAX profiler trace of steps [start_step, start_step + steps) under
+                   # WORKDIR/tensorboard, on process 0 or all (train/profile.py); steps 0: off.
+                   profile=dict(start_step=0, steps=0, all_processes=False))
     # skip_nonfinite: an update with NaN/inf gradients is skipped and counted; more than
     # max_skipped_steps in a row stop the run (its checkpoints hold finite parameters).
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, decay="cosine", end_lr_ratio=0.0,

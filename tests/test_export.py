@@ -140,6 +140,10 @@ def test_what_has_no_counterpart_is_named():
     clip = config_lib.load(None, ["--config.model.image.pool=mean"])
     with pytest.raises(ValueError, match=r"model.image.pool \(needs 'cls'\)"):
         export.to_reference("open_clip", clip, {})
+    # open_clip pools text at argmax(ids): with WordPiece that is not the end token ([SEP]).
+    wordpiece = config_lib.load(None, ["--config.data.tokenizer=wordpiece"])
+    with pytest.raises(ValueError, match=r"data.tokenizer \(needs 'clip_bpe'\)"):
+        export.to_reference("open_clip", wordpiece, {})
     params = {n: np.zeros(s.shape, s.dtype) for n, s in export.abstract_params(mlm).items()}
     hf_config, tensors = export.to_reference("hf_bert", mlm, layout.unflatten(params))
     with pytest.raises(ValueError, match="with no mmjax counterpart: bert.encoder.layer.0.extra"):

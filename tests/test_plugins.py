@@ -289,3 +289,15 @@ def test_examples_per_second_leave_out_evaluation_and_checkpointing(tmp_path):
                  if "train/examples_per_s" in r}
     seconds_for_steps_11_to_20 = 10 * config.train.batch_size / rates[20]
     assert seconds_for_steps_11_to_20 < Slow.seconds, rates
+
+
+def test_train_profile_writes_a_trace_of_the_chosen_steps(tmp_path):
+    """train.profile: a JAX profiler trace (xplane.pb) under WORKDIR/tensorboard, for
+    TensorBoard's profile plugin; the run is otherwise unchanged."""
+    config = _config()
+    config.train.update(steps=8, log_every=4, eval_every=0, checkpoint_every=8)
+    config.train.profile.update(start_step=3, steps=2)
+    workdir = tmp_path / "run"
+    train(config, str(workdir), str(tmp_path / "data"))
+    traces = list((workdir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000, traces

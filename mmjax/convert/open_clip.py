@@ -151,7 +151,9 @@ def reference_config(config):
               "model.text.embed_norm": (not txt.embed_norm, "False"),
               "model.text.final_norm": (txt.final_norm, "True"),
               "model.text.type_vocab_size": (txt.type_vocab_size == 0, "0"),
-              "data.image_channels": (config.data.image_channels in (1, 3), "1 or 3")}
+              "data.image_channels": (config.data.image_channels in (1, 3), "1 or 3"),
+              # open_clip pools text at argmax(token ids): the end token in CLIP's BPE only.
+              "data.tokenizer": (config.data.tokenizer == "clip_bpe", "'clip_bpe'")}
     for tower, name in ((img, "image"), (txt, "text")):
         wanted[f"model.{name}.mlp_dim"] = (_mlp_dim(tower.width, tower.mlp_dim / tower.width) == tower.mlp_dim,
                                            "a multiple open_clip's mlp_ratio reproduces")

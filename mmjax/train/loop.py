@@ -15,6 +15,7 @@ from mmjax.train import init_from
 from mmjax.train.early_stop import EarlyStopping
 from mmjax.train.feed import Feed
 from mmjax.train.mfu import MFU
+from mmjax.train.profile import Profiler
 from mmjax.train.setup import setup
 
 
@@ -110,8 +111,10 @@ def train(config, workdir, data_dir, weights_only=False):
             writer.print(line)
     throughput(start)
     preemption = PreemptionNotice()  # SIGTERM: save at a step every process agrees on, stop
+    profiler = Profiler(config.train.get("profile"), workdir)
     try:
         for step in range(start + 1, end + 1):
+            profiler.before(step, state)
             state, metrics = train_step(state, batch)
             last = step == config.train.steps
             preempted = preemption(step)
@@ -162,6 +165,7 @@ def train(config, workdir, data_dir, weights_only=False):
     except BaseException:  # an evaluator's or the data's error: commit the save under way first
         ckpt.wait()
         raise
+    profiler.close(state)
     if start >= end:
         results = writer.write(start, evaluate(evals, state.params))
         writer.print(f"already trained to step {start}: " + _summary(results))
