@@ -53,19 +53,27 @@ def shared_dir(tmp_path_factory, name):
     return root / name, filelock.FileLock(str(root / f"{name}.lock"))
 
 
+def made_once(tmp_path_factory, name, make):
+    """The shared folder `name`, after `make(folder)` ran in it once this session (under the
+    lock, by whichever xdist worker came first; a 'done' file marks it finished)."""
+    folder, lock = shared_dir(tmp_path_factory, name)
+    with lock:
+        if not (folder / "done").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            make(folder)
+            (folder / "done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_smoke_clip(tmp_path_factory):
     """The smoke CLIP (one-channel digits) trained SMOKE_CLIP_STEPS steps by `mmjax train`,
     well above chance, shared by the export and evaluation parity tests (trained once per
     session, whichever worker asks first): (workdir, data_dir). Tests may add datasets to the
     data dir; none changes the run."""
-    folder, lock = shared_dir(tmp_path_factory, "trained_smoke_clip")
-    data_dir, workdir = folder / "data", folder / "run"
-    with lock:
-        if not (folder / "done").exists():
-            _train_smoke_clip(data_dir, workdir)
-            (folder / "done").touch()
-    return str(workdir), str(data_dir)
+    folder = made_once(tmp_path_factory, "trained_smoke_clip",
+                       lambda folder: _train_smoke_clip(folder / "data", folder / "run"))
+    return str(folder / "run"), str(folder / "data")
 
 
 def _train_smoke_clip(data_dir, workdir):

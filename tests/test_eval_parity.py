@@ -18,7 +18,7 @@ import open_clip  # noqa: E402
 from mmjax import cli, export  # noqa: E402
 from mmjax.data import build  # noqa: E402
 from mmjax.data.sources import DIGIT_NAMES  # noqa: E402
-from conftest import run_mmjax, shared_dir  # noqa: E402
+from conftest import made_once, run_mmjax  # noqa: E402
 from splits import digit_arrays  # noqa: E402
 from test_eval_metrics import recall_by_rank  # noqa: E402
 
@@ -35,14 +35,12 @@ def trained(trained_smoke_clip, tmp_path_factory):
     pick = np.concatenate([np.flatnonzero(digits["label"] == c)[:PHOTOS_PER_CLASS] for c in range(10)])
     photos = np.round((digits["image"][pick, ..., 0] + 1) * 127.5).astype(np.uint8)
     # Into the session's shared data dir: written once, whichever xdist worker comes first.
-    folder, lock = shared_dir(tmp_path_factory, "my_photos")
-    with lock:
-        if not (folder / "done").exists():
-            for i, (photo, label) in enumerate(zip(photos, digits["label"][pick])):
-                os.makedirs(folder / "photos" / DIGIT_NAMES[label], exist_ok=True)
-                Image.fromarray(photo, "L").save(folder / "photos" / DIGIT_NAMES[label] / f"{i:04d}.png")
-            build.build(str(folder / "photos"), "my_photos", str(data_dir), val_fraction=0, workers=1)
-            (folder / "done").touch()
+    def build_my_photos(folder):
+        for i, (photo, label) in enumerate(zip(photos, digits["label"][pick])):
+            os.makedirs(folder / "photos" / DIGIT_NAMES[label], exist_ok=True)
+            Image.fromarray(photo, "L").save(folder / "photos" / DIGIT_NAMES[label] / f"{i:04d}.png")
+        build.build(str(folder / "photos"), "my_photos", str(data_dir), val_fraction=0, workers=1)
+    made_once(tmp_path_factory, "my_photos", build_my_photos)
     out = str(tmp_path_factory.mktemp("export") / "open_clip")
     export.export(str(workdir), "open_clip", out)
     return str(workdir), str(data_dir), out, photos, digits["label"][pick]

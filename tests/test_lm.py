@@ -256,14 +256,9 @@ def test_lm_loss_on_a_3d_mesh_equals_one_device(chunk):
 @pytest.fixture(scope="module")
 def prose_dir(tmp_path_factory):
     """The prose dataset and its WordPiece vocabulary, built once for this file's tests."""
-    from conftest import shared_dir
+    from conftest import made_once
     from mmjax.data import builders
-    folder, lock = shared_dir(tmp_path_factory, "lm_prose")
-    with lock:
-        if not (folder / "done").exists():
-            builders.prepare("prose", str(folder))
-            (folder / "done").touch()
-    return str(folder)
+    return str(made_once(tmp_path_factory, "lm_prose", lambda folder: builders.prepare("prose", str(folder))))
 
 
 def test_lm_evaluator_perplexity_is_exp_mean_nll_of_the_model_logits(prose_dir):

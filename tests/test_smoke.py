@@ -17,14 +17,10 @@ TINY = ["--config.model.image.depth=1", "--config.model.text.depth=1", "--config
 def data_dir(tmp_path_factory):
     """The digits built once for the session's smoke runs (whichever xdist worker comes first),
     so no two runs build one dataset at the same time; the MLM run adds the prose."""
-    from conftest import shared_dir
+    from conftest import made_once
     from mmjax.data import builders
-    folder, lock = shared_dir(tmp_path_factory, "smoke_data")
-    with lock:
-        if not (folder / "done").exists():
-            builders.prepare("digit_captions", str(folder))
-            (folder / "done").touch()
-    return str(folder)
+    return str(made_once(tmp_path_factory, "smoke_data",
+                         lambda folder: builders.prepare("digit_captions", str(folder))))
 
 
 def _mmjax(*args, devices=1, env_extra=None, cwd=ROOT):
