@@ -22,7 +22,7 @@ CHOICES = {
     "model.attention": ("auto", "einsum", "xla", "cudnn"),
     "optim.name": ("adamw", "sgd"),
     "optim.decay": ("cosine", "linear", "constant"),
-    "data.tokenizer": ("clip_bpe", "wordpiece"),
+    "data.tokenizer": ("clip_bpe", "wordpiece", "bpe"),
     "data.crop": ("random_resized", "resize", "center"),
     "data.image_channels": (1, 3),
     "model.image.pool": ("cls", "mean"),
@@ -404,7 +404,8 @@ def defaults() -> ml_collections.ConfigDict:
     # train: what is trained on: a dataset name (mmjax.data.sources.DATASETS, or a tfds
     # folder in the data dir that `mmjax data build` made) or a weighted mixture
     # 'NAME:0.7,OTHER:0.3'. tokenizer_data: the datasets whose train text trains the
-    # WordPiece vocabulary (default: train's). vocab_file: a BERT vocab.txt for 'wordpiece'.
+    # WordPiece vocabulary or the byte-level BPE ('bpe', GPT-2's scheme) (default: train's).
+    # vocab_file: a BERT vocab.txt for 'wordpiece'.
     # Images: decoded, cropped (train: crop 'random_resized' with crop_scale / crop_ratio,
     # 'resize' or 'center'; eval: resize + centre crop) to image_size x image_channels,
     # normalised with mean / std (CLIP's). pack: MLM / LM rows packed from whole documents;

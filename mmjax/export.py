@@ -210,7 +210,10 @@ def export(workdir, fmt, out, step=None, dtype=None):
     config, step, params = read_checkpoint(workdir, step)
     if dtype:
         params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
-    tokenizer = vocab_lib.read_vocab(workdir)   # the run's WordPiece vocabulary, if it has one
+    tokenizer = vocab_lib.read_vocab(workdir)   # the run's learned vocabulary, if it has one
+    if fmt == "hf_bert" and config.data.tokenizer == "bpe":
+        raise ValueError("hf_bert carries a WordPiece vocabulary (BertTokenizer); this run's "
+                         "data.tokenizer is 'bpe': export it as safetensors or params")
     if fmt == "params":
         save_params(out, config, params)
     elif fmt == "safetensors":
@@ -220,19 +223,19 @@ def export(workdir, fmt, out, step=None, dtype=None):
     if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
     if tokenizer and fmt != "safetensors":
-        tokenizer.save_vocab(vocab_lib.vocab_path(out))
+        tokenizer.save_vocab(paths.join(out, tokenizer.vocab_file))
     return {"format": fmt, "step": step, "out": out, "vocab": tokenizer is not None,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
 
 
-def carried_vocab(fmt, src):
-    """The vocab.txt text an export carries ('' if none): a directory's vocab.txt, a
-    safetensors file's 'mmjax_vocab' metadata."""
+def carried_vocab(fmt, src, kind="wordpiece"):
+    """The vocabulary text (vocab.txt, or bpe.json for kind 'bpe') an export carries ('' if
+    none): a directory's file, a safetensors file's 'mmjax_vocab' metadata."""
     if fmt == "safetensors":
         from safetensors import safe_open
         with safe_open(src, "np") as f:
             return (f.metadata() or {}).get("mmjax_vocab", "")
-    path = paths.resolve(vocab_lib.vocab_path(src))
+    path = paths.resolve(vocab_lib.vocab_path(src, kind))
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
@@ -302,7 +305,7 @@ def write_workdir(config, params, workdir, data_dir, note=("", ""), vocab=""):
     if directory.is_dir() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; import into a new --workdir")
     if vocab and jax.process_index() == 0:
-        paths.write_text(vocab_lib.vocab_path(workdir), vocab)
+        paths.write_text(vocab_lib.vocab_path(workdir, vocab_lib.kind_of(vocab)), vocab)
     if vocab and jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("mmjax_import_vocab")
@@ -332,7 +335,8 @@ def write_workdir(config, params, workdir, data_dir, note=("", ""), vocab=""):
 def import_weights(fmt, src, workdir, data_dir, base_config=None, overrides=()):
     """`mmjax import`: weights in format `fmt` at `src` -> a new run in `workdir`; a summary."""
     config, params, fresh = load(fmt, src, base_config, overrides)
-    vocab = carried_vocab(fmt, src) if config.data.tokenizer == "wordpiece" else ""
+    learned = config.data.tokenizer in vocab_lib.LEARNED
+    vocab = carried_vocab(fmt, src, config.data.tokenizer) if learned else ""
     write_workdir(config, params, workdir, data_dir, note=(fmt, src), vocab=vocab)
     return {"format": fmt, "src": src, "workdir": workdir, "task": config.task,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),

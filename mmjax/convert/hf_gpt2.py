@@ -8,8 +8,8 @@ as flax kernels are. An import also takes `GPT2Model` weights (no `transformer.`
 head): only a tied head can then be built.
 
 Tokenizer files (`save_tokenizer`: tokenizer.json + tokenizer_config.json, read by
-`AutoTokenizer`) are written for a 'clip_bpe' run; a WordPiece run's vocabulary is not
-handed to the exporter yet.
+`AutoTokenizer`) are written for every run: CLIP's BPE, or the run's own learned vocabulary
+(byte-level BPE or WordPiece), which the export hands over.
 """
 
 import json
@@ -44,7 +44,8 @@ def reference_config(config):
     bad = [f"{k} (needs {need})" for k, (ok, need) in wanted.items() if not ok]
     if bad:
         raise ValueError("this model has no transformers GPT-2 counterpart: " + ", ".join(bad))
-    clip = config.data.tokenizer == "clip_bpe"   # the one tokenizer whose ids the config fixes
+    # the tokenizers whose start / end ids the config fixes (BPE: data/bpe.py's specials)
+    bos, eos = {"clip_bpe": (49406, 49407), "bpe": (1, 2)}.get(config.data.tokenizer, (None, None))
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": t.vocab_size, "n_positions": t.context_length, "n_embd": t.width,
             "n_layer": t.depth, "n_head": t.num_heads, "n_inner": t.mlp_dim,
@@ -52,7 +53,7 @@ def reference_config(config):
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
-            "bos_token_id": 49406 if clip else None, "eos_token_id": 49407 if clip else None,
+            "bos_token_id": bos, "eos_token_id": eos,
             "tie_word_embeddings": bool(config.model.lm.tie_embeddings)}
 
 

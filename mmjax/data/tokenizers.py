@@ -1,11 +1,11 @@
-"""Text tokenizers: CLIP's byte-level BPE and a BERT-style WordPiece, both on HF `tokenizers`."""
+"""Text tokenizers: CLIP's byte-level BPE and a BERT-style WordPiece, both on HF `tokenizers`
+(a byte-level BPE learned from the data is in data/bpe.py)."""
 
 from __future__ import annotations
 
 import collections
 import functools
 import gzip
-import heapq
 from collections.abc import Iterable, Sequence
 from importlib import resources
 
@@ -14,6 +14,7 @@ from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tok
                         processors)
 
 from mmjax import paths
+from mmjax.data.merges import pair_merges
 
 CLIP_MERGES_FILE = 'bpe_simple_vocab_16e6.txt.gz'
 CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -24,7 +25,8 @@ CLIP_SPLIT_PATTERN = (
     r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 )
 WORDPIECE_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
-TOKENIZER_NAMES = ('clip_bpe', 'wordpiece')
+TOKENIZER_NAMES = ('clip_bpe', 'wordpiece', 'bpe')
+BPE_CACHE_SIZE = 8192
 WORDPIECE_CACHE_SIZE = 8192
 
 
@@ -117,51 +119,18 @@ def learn_wordpiece(word_counts: dict[str, int], vocab_size: int, vocab: set[str
         freq.append(count)
         vocab.update(words[-1])
         vocab.update(word)
-    pair_counts = collections.Counter()
-    where = collections.defaultdict(set)   # pair -> words that hold (or held) it
-    for i, symbols in enumerate(words):
-        for pair in zip(symbols, symbols[1:]):
-            pair_counts[pair] += freq[i]
-            where[pair].add(i)
-    heap = [(-n, pair) for pair, n in pair_counts.items()]
-    heapq.heapify(heap)
-    while len(vocab) < vocab_size and heap:
-        negative, pair = heapq.heappop(heap)
-        if -negative != pair_counts[pair]:   # stale: counts changed since it was pushed
-            if pair_counts[pair] > 0:
-                heapq.heappush(heap, (-pair_counts[pair], pair))
-            continue
-        a, b = pair
-        new = a + b.removeprefix('##')
-        vocab.add(new)
-        formed = set()   # pairs with `new`: the only ones whose counts grow (the others
-        for i in where.pop(pair):   # shrink, and their stale heap entries are caught above)
-            symbols, merged, j = words[i], [], 0
-            while j < len(symbols):
-                if j + 1 < len(symbols) and symbols[j] == a and symbols[j + 1] == b:
-                    merged.append(new)
-                    j += 2
-                else:
-                    merged.append(symbols[j])
-                    j += 1
-            if len(merged) == len(symbols):
-                continue
-            for old in zip(symbols, symbols[1:]):
-                pair_counts[old] -= freq[i]
-            for now in zip(merged, merged[1:]):
-                pair_counts[now] += freq[i]
-                where[now].add(i)
-                if new in now:
-                    formed.add(now)
-            words[i] = merged
-        del pair_counts[pair]
-        for other in formed:
-            heapq.heappush(heap, (-pair_counts[other], other))
+    if len(vocab) < vocab_size:
+        for _, _, new in pair_merges(words, freq, lambda a, b: a + b.removeprefix('##')):
+            vocab.add(new)
+            if len(vocab) >= vocab_size:
+                break
     return vocab
 
 
 class WordPieceTokenizer:
     """BERT-style lower-cased WordPiece; [PAD] is id 0, as the models assume."""
+
+    vocab_file = 'vocab.txt'
 
     def __init__(self, vocab: dict[str, int]):
         missing = [t for t in WORDPIECE_SPECIALS if t not in vocab]
@@ -238,29 +207,37 @@ class WordPieceTokenizer:
 
 
 def get_tokenizer(name: str, data_dir: str, corpus: Sequence[str] = ('prose',),
-                  vocab_file: str = '') -> ClipTokenizer | WordPieceTokenizer:
-    """'clip_bpe', or 'wordpiece': read from `vocab_file` if given (a pretrained BERT's
-    vocab.txt), else trained once on the train text of the `corpus` datasets
-    (`config.data.tokenizer_data`, else the training datasets) and cached in data_dir.
+                  vocab_file: str = ''):
+    """'clip_bpe'; 'wordpiece': read from `vocab_file` if given (a pretrained BERT's vocab.txt),
+    else trained once on the train text of the `corpus` datasets (`config.data.tokenizer_data`,
+    else the training datasets) and cached in data_dir; 'bpe': a byte-level BPE (data/bpe.py)
+    trained and cached the same way.
 
     A run asks `data.vocab.run_tokenizer`, which calls this on first use only: after that the
-    run's own copy (WORKDIR/vocab.txt) is its tokenizer, whatever the data dir holds.
+    run's own copy (WORKDIR/vocab.txt or WORKDIR/bpe.json) is its tokenizer, whatever the data
+    dir holds.
     """
     if name == 'clip_bpe':
         return ClipTokenizer()
-    if name == 'wordpiece' and vocab_file:
+    if name not in TOKENIZER_NAMES:
+        raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')
+    if vocab_file:
+        if name != 'wordpiece':
+            raise ValueError(f"data.vocab_file={vocab_file!r} is a BERT vocab.txt, read by "
+                             f"data.tokenizer='wordpiece' only; leave it empty for {name!r}")
         if not paths.resolve(vocab_file).is_file():
             raise FileNotFoundError(f'data.vocab_file={vocab_file!r} not found: give the path of '
                                     f'a BERT vocab.txt, or leave it empty to train one')
         return WordPieceTokenizer.from_vocab(vocab_file)
-    if name == 'wordpiece':
-        from mmjax.data import builders, sources  # Lazy: pulls in tensorflow_datasets.
-        corpus = tuple(corpus)
-        suffix = '' if corpus == ('prose',) else '_' + '+'.join(corpus)
-        path = paths.join(builders.resolve_data_dir(data_dir),
-                          f'wordpiece_vocab_{WORDPIECE_CACHE_SIZE}{suffix}.txt')
-        if not paths.resolve(path).exists():
-            texts = [t for n in corpus for t in sources.get(n, data_dir).texts(data_dir, 'train')]
-            WordPieceTokenizer.train(texts, WORDPIECE_CACHE_SIZE).save_vocab(path)
-        return WordPieceTokenizer.from_vocab(path)
-    raise ValueError(f'Unknown tokenizer {name!r}; valid choices: {", ".join(TOKENIZER_NAMES)}')
+    from mmjax.data import bpe, builders, sources  # Lazy: pulls in tensorflow_datasets.
+    kind = WordPieceTokenizer if name == 'wordpiece' else bpe.BpeTokenizer
+    corpus = tuple(corpus)
+    suffix = '' if corpus == ('prose',) else '_' + '+'.join(corpus)
+    size = WORDPIECE_CACHE_SIZE if name == 'wordpiece' else BPE_CACHE_SIZE
+    stem = 'wordpiece_vocab' if name == 'wordpiece' else 'bpe'
+    path = paths.join(builders.resolve_data_dir(data_dir),
+                      f'{stem}_{size}{suffix}.{kind.vocab_file.rsplit(".", 1)[1]}')
+    if not paths.resolve(path).exists():
+        texts = [t for n in corpus for t in sources.get(n, data_dir).texts(data_dir, 'train')]
+        kind.train(texts, size).save_vocab(path)
+    return kind.from_vocab(path)

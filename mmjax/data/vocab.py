@@ -1,7 +1,8 @@
 """The run's tokenizer: one function builds it for train, eval, import, export and `mmjax.load`.
 
-A WordPiece vocabulary is part of the run, like its config: on first use it is written to
-`<workdir>/vocab.txt` (by process 0, atomically; gs:// workdirs too) and read from there ever
+A learned vocabulary (WordPiece's, or the byte-level BPE's) is part of the run, like its
+config: on first use it is written to `<workdir>/vocab.txt` (WordPiece) or `<workdir>/bpe.json`
+(BPE) (by process 0, atomically; gs:// workdirs too) and read from there ever
 after, so resuming, evaluating or loading a run never depends on a data dir's cached or
 re-trained vocabulary. Where a vocabulary comes from on first use: `data.vocab_file`, else the
 data dir's cache, else trained on the data (`tokenizers.get_tokenizer`). Process 0 goes first
@@ -19,22 +20,32 @@ import numpy as np
 
 from mmjax import paths
 from mmjax.config import parse_mixture
+from mmjax.data.bpe import BpeTokenizer
 from mmjax.data.tokenizers import ClipTokenizer, WordPieceTokenizer, get_tokenizer
-from mmjax.errors import VocabularyMismatch
+from mmjax.errors import ConfigError, VocabularyMismatch
 
-VOCAB_FILE = "vocab.txt"
+LEARNED = {"wordpiece": WordPieceTokenizer, "bpe": BpeTokenizer}   # data.tokenizer -> class
 HOST_BYTES = 64
 
 
-def vocab_path(directory) -> str:
-    """Where a workdir (or an export directory) keeps its vocabulary."""
-    return paths.join(directory, VOCAB_FILE)
+def vocab_path(directory, kind: str = "wordpiece") -> str:
+    """Where a workdir (or an export directory) keeps the vocabulary of tokenizer `kind`."""
+    return paths.join(directory, LEARNED[kind].vocab_file)
 
 
-def read_vocab(directory) -> WordPieceTokenizer | None:
-    """The WordPiece tokenizer `directory/vocab.txt` holds, None if there is none."""
-    path = vocab_path(directory)
-    return WordPieceTokenizer.from_vocab(path) if paths.resolve(path).is_file() else None
+def read_vocab(directory) -> WordPieceTokenizer | BpeTokenizer | None:
+    """The tokenizer `directory/vocab.txt` (WordPiece) or `directory/bpe.json` (BPE) holds,
+    None if there is neither."""
+    for kind in LEARNED.values():
+        path = paths.join(directory, kind.vocab_file)
+        if paths.resolve(path).is_file():
+            return kind.from_vocab(path)
+    return None
+
+
+def kind_of(vocab_text: str) -> str:
+    """'bpe' or 'wordpiece': which tokenizer a carried vocabulary text is (bpe.json is JSON)."""
+    return "bpe" if vocab_text.startswith("{") else "wordpiece"
 
 
 def corpus(config) -> tuple[str, ...]:
@@ -49,20 +60,25 @@ def run_tokenizer(config, data_dir, workdir=None, write=True):
     (data dir / `data.vocab_file` / trained), which is then written there if `write`.
     No workdir (a shape-only or throwaway use): the config's. Multi-process callers go through
     `train.setup.prepare_data` (process 0 first, then `check_same_everywhere`)."""
-    if config.data.tokenizer != "wordpiece":
-        return get_tokenizer(config.data.tokenizer, data_dir)
+    name = config.data.tokenizer
+    if name not in LEARNED:
+        return get_tokenizer(name, data_dir)
     if workdir is not None:
         saved = read_vocab(workdir)
+        if saved is not None and not isinstance(saved, LEARNED[name]):
+            raise ConfigError(f"data.tokenizer={name!r}, but {workdir} holds the vocabulary of a "
+                              f"{type(saved).__name__} run; keep the run's data.tokenizer or "
+                              f"start a new --workdir")
         if saved is not None:
             return saved
-    tokenizer = get_tokenizer("wordpiece", data_dir, corpus(config), config.data.get("vocab_file", ""))
+    tokenizer = get_tokenizer(name, data_dir, corpus(config), config.data.get("vocab_file", ""))
     if workdir is not None and write:
-        tokenizer.save_vocab(vocab_path(workdir))
+        tokenizer.save_vocab(vocab_path(workdir, name))
     return tokenizer
 
 
 def vocab_text(tokenizer) -> str:
-    """The vocabulary as `vocab.txt` holds it (one token a line, by id); '' for CLIP's BPE."""
+    """The vocabulary as `vocab.txt` / `bpe.json` holds it; '' for CLIP's BPE (fixed)."""
     return "" if isinstance(tokenizer, ClipTokenizer) or tokenizer is None else tokenizer.vocab_text()
 
 
@@ -97,5 +113,6 @@ def describe(tokenizer) -> str:
     """One line naming the tokenizer and its vocabulary hash, for the run's log."""
     if isinstance(tokenizer, ClipTokenizer):
         return f"tokenizer clip_bpe ({tokenizer.vocab_size} tokens)"
-    return (f"tokenizer wordpiece ({tokenizer.vocab_size} tokens, vocab.txt sha256 "
+    name = "bpe" if isinstance(tokenizer, BpeTokenizer) else "wordpiece"
+    return (f"tokenizer {name} ({tokenizer.vocab_size} tokens, {tokenizer.vocab_file} sha256 "
             f"{hashlib.sha256(vocab_text(tokenizer).encode()).hexdigest()[:16]})")

@@ -1,0 +1,54 @@
+"""Learning subword merges from word counts: the loop that BPE and WordPiece training share."""
+
+import collections
+import heapq
+from collections.abc import Callable, Iterator
+
+
+def pair_merges(words: list[list[str]], freq: list[int],
+                join: Callable[[str, str], str]) -> Iterator[tuple[str, str, str]]:
+    """Yields (a, b, a·b) merges in the order BPE training takes them: each time the adjacent
+    symbol pair that occurs most often in the counted words (`words[i]` occurs `freq[i]`
+    times), equal counts going to the pair that sorts first, every occurrence of it replaced by
+    `join(a, b)` before the next is chosen. Lazy: the caller stops when its vocabulary is full.
+    `words` is rewritten in place."""
+    pair_counts = collections.Counter()
+    where = collections.defaultdict(set)   # pair -> words that hold (or held) it
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += freq[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    while heap:
+        negative, pair = heapq.heappop(heap)
+        if -negative != pair_counts[pair]:   # stale: counts changed since it was pushed
+            if pair_counts[pair] > 0:
+                heapq.heappush(heap, (-pair_counts[pair], pair))
+            continue
+        a, b = pair
+        new = join(a, b)
+        formed = set()   # pairs with `new`: the only ones whose counts grow (the others
+        for i in where.pop(pair):   # shrink, and their stale heap entries are caught above)
+            symbols, merged, j = words[i], [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and symbols[j] == a and symbols[j + 1] == b:
+                    merged.append(new)
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            if len(merged) == len(symbols):
+                continue
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= freq[i]
+            for now in zip(merged, merged[1:]):
+                pair_counts[now] += freq[i]
+                where[now].add(i)
+                if new in now:
+                    formed.add(now)
+            words[i] = merged
+        del pair_counts[pair]
+        for other in formed:
+            heapq.heappush(heap, (-pair_counts[other], other))
+        yield a, b, new
