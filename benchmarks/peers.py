@@ -21,6 +21,7 @@ from benchmarks.workload import (BERT_IDS, flax_peer, malloc_name, stand_in_toke
                                  synthetic_batches, timing_record)
 
 PEERS = {"mlm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
+         "lm": ("hf_flax", "hf_torch", "hf_torch_compiled"),
          "clip": ("hf_flax", "open_clip", "open_clip_compiled", "big_vision")}
 
 
@@ -91,6 +92,19 @@ def hf_clip_config(config):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=m.embed_dim)
 
 
+def hf_gpt2_config(config):
+    """The GPT2Config of an mmjax 'lm' config: the export's own mapping (convert/hf_gpt2.py)."""
+    from transformers import GPT2Config
+    from mmjax.convert import hf_gpt2
+    return GPT2Config(**hf_gpt2.reference_config(config))
+
+
+def lm_batches(config):
+    """Full rows of token ids (packed documents), the labels being the ids themselves: each
+    library shifts them by one and scores every next token, as mmjax's packed LM does."""
+    return [{"input_ids": b["text"].astype(np.int64)} for b in synthetic_batches(config)]
+
+
 def build_hf_flax_mlm(config, compiled=False):
     import jax.numpy as jnp
     import optax
@@ -125,6 +139,22 @@ def build_hf_flax_clip(config, compiled=False):
 
     batches = [{"image": b["image"].transpose(0, 3, 1, 2), "text": b["text"]}  # HF Flax CLIP takes NCHW
                for b in synthetic_batches(config)]
+    return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
+
+
+def build_hf_flax_lm(config, compiled=False):
+    import jax.numpy as jnp
+    import optax
+    import transformers
+    from transformers import FlaxGPT2LMHeadModel
+    model = FlaxGPT2LMHeadModel(hf_gpt2_config(config), seed=0, dtype=jnp.dtype(config.model.dtype))
+
+    def loss_fn(params, batch):
+        ids = batch["input_ids"]
+        logits = model(ids, params=params).logits[:, :-1].astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+    batches = [{k: v.astype(np.int32) for k, v in b.items()} for b in lm_batches(config)]
     return flax_peer(config, model, loss_fn, batches), f"transformers {transformers.__version__}"
 
 
@@ -193,6 +223,19 @@ def build_hf_torch_mlm(config, compiled=False):
             f"transformers {transformers.__version__} ({model.config._attn_implementation})")
 
 
+def build_hf_torch_lm(config, compiled=False):
+    import_torch()
+    import transformers
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel(hf_gpt2_config(config)).train()
+
+    def loss_fn(forward, b):
+        return forward(input_ids=b["input_ids"], labels=b["input_ids"]).loss
+
+    return (torch_peer(config, model, loss_fn, lm_batches(config), compiled),
+            f"transformers {transformers.__version__} ({model.config._attn_implementation})")
+
+
 def build_open_clip(config, compiled=False):
     import_torch()
     import open_clip
@@ -222,5 +265,6 @@ def build_big_vision(config, compiled=False):
 
 
 BUILDERS = {("mlm", "hf_flax"): build_hf_flax_mlm, ("mlm", "hf_torch"): build_hf_torch_mlm,
+            ("lm", "hf_flax"): build_hf_flax_lm, ("lm", "hf_torch"): build_hf_torch_lm,
             ("clip", "hf_flax"): build_hf_flax_clip, ("clip", "open_clip"): build_open_clip,
             ("clip", "big_vision"): build_big_vision}

@@ -16,10 +16,12 @@ BERT_IDS = dict(pad=0, cls=101, sep=102, mask=103)  # bert-base-uncased's specia
 
 
 def stand_in_tokenizer(config):
-    """What the MLM step needs from a tokenizer, with BERT's special ids."""
+    """What the MLM step needs from a tokenizer, with BERT's special ids; end of text (where
+    CLIP pools, where an LM's document ends) is the largest id, as in CLIP's BPE."""
     return types.SimpleNamespace(vocab_size=config.model.text.vocab_size, mask_id=BERT_IDS["mask"],
                                  special_ids=(BERT_IDS["pad"], BERT_IDS["cls"], BERT_IDS["sep"],
-                                              BERT_IDS["mask"]))
+                                              BERT_IDS["mask"]),
+                                 eot_id=config.model.text.vocab_size - 1)
 
 
 def task_of(config):
@@ -39,10 +41,12 @@ def train_flops(config):
     return task_of(config).train_flops()
 
 
-def _text(rng, b, t):
-    """Token rows: BERT-style full-length [CLS] ids [SEP] for a bidirectional tower; for a
-    causal (CLIP) one [SOT] ids [EOT] of random length, zero-padded (EOT is the largest id,
-    so EOT pooling finds it)."""
+def _text(rng, b, t, packed=False):
+    """Token rows: BERT-style full-length [CLS] ids [SEP] for a bidirectional tower; packed
+    rows (a causal LM's) full of ids; for a causal (CLIP) one [SOT] ids [EOT] of random length,
+    zero-padded (EOT is the largest id, so EOT pooling finds it)."""
+    if packed:
+        return rng.integers(1, t.vocab_size, (b, t.context_length), dtype=np.int32)
     if not t.causal:
         tokens = rng.integers(1000, t.vocab_size, (b, t.context_length), dtype=np.int32)
         tokens[:, 0], tokens[:, -1] = BERT_IDS["cls"], BERT_IDS["sep"]
@@ -64,7 +68,7 @@ def synthetic_batches(config, count=4, seed=0):
         batch = {}
         for key, s in spec.items():
             if key == "text":
-                batch[key] = _text(rng, b, config.model.text)
+                batch[key] = _text(rng, b, config.model.text, bool(config.data.pack))
             elif np.issubdtype(s.dtype, np.floating):
                 batch[key] = rng.standard_normal((b, *s.shape), dtype=np.float32).astype(s.dtype)
             else:

@@ -38,6 +38,10 @@ TINY = {
                      "--config.model.image.num_heads=2", "--config.model.image.mlp_dim=64",
                      "--config.data.image_size=16", "--config.model.embed_dim=16",
                      "--config.train.batch_size=8"],
+    "bench_lm_s": ["--config.model.text.vocab_size=1200", "--config.model.text.context_length=16",
+                   "--config.model.text.width=32", "--config.model.text.depth=2",
+                   "--config.model.text.num_heads=2", "--config.model.text.mlp_dim=64",
+                   "--config.train.batch_size=4"],
 }
 KEYS = ("config", "unit", "throughput", "step_time_s", "step_time_min_s", "step_time_max_s",
         "compile_s", "flops_per_step", "achieved_flops", "peak_flops", "mfu", "peak_rss_mb",
@@ -73,7 +77,7 @@ def step_jaxpr(config):
 
 
 @pytest.mark.parametrize("name,task", [("bench_mlm_s", "mlm"), ("bench_clip_s", "clip"),
-                                       ("bench_clip_s", "clip+mlm")])
+                                       ("bench_clip_s", "clip+mlm"), ("bench_lm_s", "lm")])
 @pytest.mark.parametrize("scan", [True, False])
 def test_flops_formula_matches_the_matmuls_of_the_step(name, task, scan):
     config = load(name, [f"--config.model.scan={scan}", f"--config.task={task}"])
@@ -234,15 +238,23 @@ def encoder_train_flops(b, n, e, f, depth):
     return depth * (3 * 2 * b * n * (4 * e * e + 2 * e * f) + 7 * 2 * b * n * n * e)
 
 
-@pytest.mark.parametrize("impl,name", [("hf_torch", "bench_mlm_s"), ("open_clip", "bench_clip_s")])
+@pytest.mark.parametrize("impl,name", [("hf_torch", "bench_mlm_s"), ("open_clip", "bench_clip_s"),
+                                       ("hf_torch", "bench_lm_s")])
 def test_torch_peers_record_the_flops_they_execute(impl, name):
     """Neither peer prunes its last layer, and HF's MLM head scores all 16 positions where
     mmjax's scores the 3 masked slots: their records carry their own, larger count (a hand
-    count of their step), not mmjax's."""
+    count of their step), not mmjax's. GPT-2 does the work mmjax's LM does, but for the
+    scores' causal half, which SDPA counts in full."""
     config = load(name)
     out = peers.run(impl, config, name, steps=2, warmup=1)
     assert "flops" in out, out.get("reason")
     b, t, i = config.train.batch_size, config.model.text, config.model.image
+    if name == "bench_lm_s":   # GPT-2: layers, then the tied head at every position
+        hand = (encoder_train_flops(b, t.context_length, t.width, t.mlp_dim, t.depth)
+                + 3 * 2 * b * t.context_length * t.width * t.vocab_size)
+        assert out["flops"] == {"matmul": hand}
+        assert workload.train_flops(config) <= hand
+        return
     if impl == "hf_torch":  # tied head (transform, decoder) at every position
         hand = (encoder_train_flops(b, t.context_length, t.width, t.mlp_dim, t.depth)
                 + 3 * 2 * b * t.context_length * (t.width ** 2 + t.width * t.vocab_size))
