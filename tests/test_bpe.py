@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from mmjax.data.bpe import BPE_SPECIALS, BpeTokenizer, learn_bpe, pre_tokenizer
-from mmjax.data.tokenizers import bytes_to_unicode
+from mmjax.data.subwords import bytes_to_unicode
 
 TEXTS = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer",
          "The slings and arrows of outrageous fortune,", "def f(x): return x ** 2  # Python 3.12",

@@ -17,8 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from mmjax import paths
-from mmjax.data.merges import pair_merges
-from mmjax.data.tokenizers import bytes_to_unicode, pack_ids
+from mmjax.data.subwords import bytes_to_unicode, pack_ids, pair_merges
 
 # pad, start of text, end of text (a causal LM's end of document), and the MLM mask.
 BPE_SPECIALS = ('<|pad|>', '<|startoftext|>', '<|endoftext|>', '<|mask|>')

@@ -14,7 +14,7 @@ from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tok
                         processors)
 
 from mmjax import paths
-from mmjax.data.merges import pair_merges
+from mmjax.data.subwords import bytes_to_unicode, pack_ids, pair_merges
 
 CLIP_MERGES_FILE = 'bpe_simple_vocab_16e6.txt.gz'
 CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -28,32 +28,6 @@ WORDPIECE_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 TOKENIZER_NAMES = ('clip_bpe', 'wordpiece', 'bpe')
 BPE_CACHE_SIZE = 8192
 WORDPIECE_CACHE_SIZE = 8192
-
-
-def pack_ids(id_lists: Sequence[Sequence[int]], length: int, start_id: int,
-             end_id: int, pad_id: int) -> np.ndarray:
-    """[start] ids [end] per row, truncated so `end` stays the last real token, padded."""
-    if length < 2:
-        raise ValueError(f'length must be >= 2 to hold the start and end tokens, got {length}')
-    out = np.full((len(id_lists), length), pad_id, dtype=np.int32)
-    for row, ids in enumerate(id_lists):
-        ids = [start_id, *ids[:length - 2], end_id]
-        out[row, :len(ids)] = ids
-    return out
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2 map from each byte to a printable unicode char (order matters for ids)."""
-    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-                 + list(range(ord('®'), ord('ÿ') + 1)))
-    byte_values, chars = printable[:], printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            byte_values.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(byte_values, map(chr, chars)))
 
 
 @functools.lru_cache(maxsize=1)

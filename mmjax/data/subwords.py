@@ -1,8 +1,11 @@
-"""Learning subword merges from word counts: the loop that BPE and WordPiece training share."""
+"""What the subword tokenizers share: the merge-learning loop (BPE and WordPiece training), GPT-2's
+byte alphabet, and [start] ids [end] rows of a fixed length."""
 
 import collections
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
 
 
 def pair_merges(words: list[list[str]], freq: list[int],
@@ -52,3 +55,29 @@ def pair_merges(words: list[list[str]], freq: list[int],
         for other in formed:
             heapq.heappush(heap, (-pair_counts[other], other))
         yield a, b, new
+
+
+def pack_ids(id_lists: Sequence[Sequence[int]], length: int, start_id: int,
+             end_id: int, pad_id: int) -> np.ndarray:
+    """[start] ids [end] per row, truncated so `end` stays the last real token, padded."""
+    if length < 2:
+        raise ValueError(f'length must be >= 2 to hold the start and end tokens, got {length}')
+    out = np.full((len(id_lists), length), pad_id, dtype=np.int32)
+    for row, ids in enumerate(id_lists):
+        ids = [start_id, *ids[:length - 2], end_id]
+        out[row, :len(ids)] = ids
+    return out
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2 map from each byte to a printable unicode char (order matters for ids)."""
+    printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
+                 + list(range(ord('®'), ord('ÿ') + 1)))
+    byte_values, chars = printable[:], printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            byte_values.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(byte_values, map(chr, chars)))
