@@ -20,10 +20,11 @@ D is chosen once so that a window's documents fill it on average: R * (L - 1) ov
 length (ids + [SEP]) of the stream's first SAMPLE_DOCUMENTS documents (times FILL, which would
 trade repeated tokens for dropped ones). Measured on the built-in prose (~60-token documents,
 WordPiece 8,192, the first 300 windows): 6.7% of the tokens dropped and 0.1% repeated at
-L = 64, R = 8 (D = 8); 2.1% and 0.2% at L = 512, R = 8 (D = 62); varied lengths cost more. The first SAMPLE_DOCUMENTS documents are
-the same on every process and every resume, so is D; the checkpointed data state names
-(R, D), and a resume with another refuses. A document longer than a window keeps its first
-R * (L - 1) tokens: split long texts into documents (`mmjax data build --text_unit block`).
+L = 64, R = 8 (D = 8); 2.1% and 0.2% at L = 512, R = 8 (D = 62); varied lengths cost more.
+The first SAMPLE_DOCUMENTS documents are the same on every process and every resume, so is D;
+the checkpointed data state names (R, D), and a resume with another refuses. A document
+longer than a window keeps its first R * (L - 1) tokens: split long texts into documents
+(`mmjax data build --kind text --text_unit block`).
 
 A row's '_skipped' sums the bad records replaced by the documents that start in it.
 """
@@ -82,7 +83,8 @@ class PackedRows(grain.MapDataset):
         self._last = (None, None)   # (window, packed): consecutive reads share one window
 
     def __len__(self):
-        return min(len(self._parent) // self.documents * self.rows, sys.maxsize)   # repeated: 'infinite'
+        # A repeated stream is 'infinite' (sys.maxsize long).
+        return min(len(self._parent) // self.documents * self.rows, sys.maxsize)
 
     def __str__(self):
         return f'PackedRows(R={self.rows}, D={self.documents})'
@@ -111,12 +113,14 @@ class PackedRows(grain.MapDataset):
         if self._last[0] == w:
             return self._last[1]
         capacity, first = self.rows * self.width, w * self.documents
-        pieces, skips = self._tokenise(self._parent._getitems(list(range(first, first + self.documents))))
-        total, following = sum(len(p) for p in pieces), first + self.documents
+        following = first + self.documents
+        pieces, skips = self._tokenise(self._parent._getitems(list(range(first, following))))
+        total = sum(len(p) for p in pieces)
         while total < capacity:   # short: borrow the documents that follow the window
             more, skip = self._tokenise([self._parent[following % len(self._parent)]])
             self.counts['borrowed'] += min(len(more[0]), capacity - total)
-            pieces, skips, total, following = pieces + more, skips + skip, total + len(more[0]), following + 1
+            pieces, skips, total = pieces + more, skips + skip, total + len(more[0])
+            following += 1
         self.counts['dropped'] += total - capacity
         self.counts['windows'] += 1
         starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])

@@ -19,8 +19,8 @@ MAX_REPLACEMENTS bad records in a row are one BadData line (mmjax/data/bad_recor
 MLM / LM on a text-only task can pack (`data.pack`): documents become `tokens [SEP]`, are
 joined and cut into rows of L - 1 tokens, each prefixed with [CLS]: no padding, and a document
 longer than a row continues in the next. Packing goes window by window of the global stream
-(mmjax/data/packing.py), so each process tokenises only the documents of its own rows and a
-resumed run starts at its position.
+(`data.pack_window` rows of its own documents, mmjax/data/packing.py), so each process
+tokenises only the documents of its own rows and a resumed run starts at its position.
 """
 
 from __future__ import annotations
