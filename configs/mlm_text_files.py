@@ -1,9 +1,10 @@
 """BERT-style MLM on your own text files, packed into full rows (no padding).
 
-Build the corpus once (a document per blank-line block of one file, or per file of a folder;
-JSONL with a "text" field works too):
+Build the corpus once (a document per blank-line block of the files, `--text_unit file` for
+a document per file; JSONL with a "text" field works too). Packing keeps the first 4,088
+tokens (a window of data.pack_window=8 rows) of a longer document, so keep documents short:
 
-  mmjax data build /data/corpus/ --name my_text --kind text --text_unit file
+  mmjax data build /data/corpus/ --name my_text --kind text --text_unit block
 
 Train (a WordPiece vocabulary of 8,192 is learnt from the corpus on first use, or give a
 pretrained one with --config.data.vocab_file=vocab.txt and a matching model.text.vocab_size):
@@ -14,7 +15,7 @@ pretrained one with --config.data.vocab_file=vocab.txt and a matching model.text
 Hardware: `tpu` is BERT-base (110M) at 512 tokens, global batch 256, for a v5p-8 or 8 GPUs;
 expected results depend on the corpus. `cpu` (2 cores): held-out masked-token accuracy well
 above the most-frequent-token baseline within a few hundred steps. Packing joins documents
-with [SEP] and starts every row with [CLS] (mmjax/data/pipeline.py); masking never picks a
+with [SEP] and starts every row with [CLS] (mmjax/data/packing.py); masking never picks a
 special token.
 """
 

@@ -2,7 +2,7 @@
 
 Build the corpus once (text files or JSONL with a "text" field), then check and train:
 
-  mmjax data build /data/corpus/ --name text_corpus --kind text --text_unit file
+  mmjax data build /data/corpus/ --name text_corpus --kind text --text_unit block
   mmjax compile --config configs/recipe_bert_base_512.py --topology v4-32
   mmjax train --config configs/recipe_bert_base_512.py
 

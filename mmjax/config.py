@@ -66,6 +66,7 @@ RANGES = {
     "data.crop_ratio": "(0, inf)",
     "data.mean": "[0, 1]",
     "data.std": "(0, inf)",
+    "data.pack_window": "int [1, inf)",
     "data.worker_count": "int [0, inf)",
     "data.max_bad_fraction": "[0, 1]",
     "train.steps": "int [1, inf)",
@@ -409,7 +410,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Images: decoded, cropped (train: crop 'random_resized' with crop_scale / crop_ratio,
     # 'resize' or 'center'; eval: resize + centre crop) to image_size x image_channels,
     # normalised with mean / std (CLIP's). pack: MLM / LM rows packed from whole documents;
-    # pack_mask: attention stays inside each packed document (task 'lm').
+    # pack_mask: attention stays inside each packed document (task 'lm'); pack_window: rows
+    # packed together from their own documents (mmjax/data/packing.py; a divisor of the
+    # rows per process keeps each process's tokenising to its own share).
     # worker_count: grain worker processes per host. max_bad_fraction: records that fail
     # to decode are skipped and counted (data/skipped); more than this fraction stops.
     c.data = dict(train="digit_captions", tokenizer="clip_bpe", tokenizer_data=(),
@@ -417,7 +420,7 @@ def defaults() -> ml_collections.ConfigDict:
                   crop_scale=(0.9, 1.0), crop_ratio=(0.75, 4 / 3),
                   mean=(0.48145466, 0.4578275, 0.40821073),
                   std=(0.26862954, 0.26130258, 0.27577711),
-                  pack=False, pack_mask=False, worker_count=0, max_bad_fraction=0.01)
+                  pack=False, pack_mask=False, pack_window=8, worker_count=0, max_bad_fraction=0.01)
     c.train = dict(steps=1000, batch_size=256, log_every=50, eval_every=500,
                    checkpoint_every=500,
                    # Gradient accumulation: the contrastive loss still sees all

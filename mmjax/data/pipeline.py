@@ -16,10 +16,11 @@ good ones), which the loop reports as `data/skipped` and turns into an error pas
 `data.max_bad_fraction`. Evaluation leaves such a record out (valid=False) and says how many.
 MAX_REPLACEMENTS bad records in a row are one BadData line (mmjax/data/bad_records.py).
 
-MLM on a text-only task can pack (`data.pack`): documents become `tokens [SEP]`, are joined
-and cut into rows of L - 1 tokens (grain's ConcatThenSplitIterDataset), each prefixed with
-[CLS]: no padding, and a document longer than a row continues in the next. The packed
-stream is global too: every process packs it (tokenising all of it) and keeps its rows.
+MLM / LM on a text-only task can pack (`data.pack`): documents become `tokens [SEP]`, are
+joined and cut into rows of L - 1 tokens, each prefixed with [CLS]: no padding, and a document
+longer than a row continues in the next. Packing goes window by window of the global stream
+(`data.pack_window` rows of its own documents, mmjax/data/packing.py), so each process
+tokenises only the documents of its own rows and a resumed run starts at its position.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import grain
 import numpy as np
 
 from mmjax.config import parse_mixture
-from mmjax.data import images, sources, transforms
+from mmjax.data import images, packing, sources, transforms
 from mmjax.data.bad_records import BAD_RECORD_ERRORS, MAX_REPLACEMENTS, broken, decoded
 from mmjax.errors import ConfigError
 
@@ -143,10 +144,11 @@ class TrainBatches:
     """Iterator over this process's rows of each global batch (a dict of numpy arrays).
 
     `get_state()` -> JSON bytes (global batches read, and what they were read from);
-    `set_state(s)` resumes exactly, on any process count that divides the batch."""
+    `set_state(s)` resumes exactly, on any process count that divides the batch. `packed`:
+    the packing.PackedRows of packed rows (its `counts`), else None."""
 
-    def __init__(self, make_iterator, identity: dict):
-        self._make, self._identity = make_iterator, identity
+    def __init__(self, make_iterator, identity: dict, packed=None):
+        self._make, self._identity, self.packed = make_iterator, identity, packed
         self._read = 0
         self._it = make_iterator(0)
 
@@ -193,86 +195,12 @@ def _absl_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-DOCUMENTS_PER_READ = 256   # packing tokenises documents in groups: one encode_batch per group
-
-
-class _TokenizeDocuments:
-    """batch_fn: documents -> [{'text': int32 ids + end-of-document token, '_skipped'}], one
-    `encode_batch` for the group (parallel in the Rust tokenizer, cheap to send from a worker)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, examples):
-        out = []
-        for ids, example in zip(self.tokenizer.ids([e['text'] for e in examples]), examples):
-            skipped = np.zeros(len(ids) + 1, np.int32)   # packed along: a row sums its documents'
-            skipped[0] = example['_skipped']
-            out.append({'text': np.asarray(ids + [self.tokenizer.eos_id], np.int32),
-                        '_skipped': skipped})
-        return out
-
-
-class _Flatten(grain.IterDataset):
-    """Groups of elements -> the elements, in order."""
-
-    def __iter__(self):
-        return _FlattenIterator(self._parent.__iter__())
-
-
-class _FlattenIterator(grain.DatasetIterator):
-    def __init__(self, parent):
-        super().__init__(parent)
-        self._buffer = []
-
-    def __next__(self):
-        while not self._buffer:
-            self._buffer = list(next(self._parent))[::-1]
-        return self._buffer.pop()
-
-    def get_state(self):   # asked for by the packer; never restored (TrainBatches re-reads)
-        return {'buffered': len(self._buffer)}
-
-    def set_state(self, state):
-        raise NotImplementedError('packed streams resume by re-reading (TrainBatches)')
-
-
-def _packed_iterator(stream, *, length, tokenizer, global_batch, process_index, process_count,
-                     worker_count):
-    """make(start) for packed MLM rows: the packed global stream, this process's block. A
-    resumed stream re-reads (and re-tokenises) what came before `start`."""
-    from grain.experimental import ConcatThenSplitIterDataset
-    local = global_batch // process_count
-
-    def make(start):
-        groups = stream.batch(DOCUMENTS_PER_READ, batch_fn=_TokenizeDocuments(tokenizer))
-        it = groups.to_iter_dataset(READ_OPTIONS)
-        if worker_count > 0:
-            _absl_parsed()
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-        packed = ConcatThenSplitIterDataset(
-            _Flatten(it), length_struct={'text': length - 1, '_skipped': length - 1})
-
-        def batches():
-            rows = iter(packed)
-            for step in range(2**62):
-                block = [next(rows) for _ in range(global_batch)]
-                if step < start:
-                    continue
-                mine = block[process_index * local:(process_index + 1) * local]
-                tokens = np.stack([r['text'] for r in mine]).astype(np.int32)
-                yield {'text': np.pad(tokens, ((0, 0), (1, 0)), constant_values=tokenizer.bos_id),
-                       '_skipped': np.stack([r['_skipped'] for r in mine]).sum(axis=1).astype(np.int32),
-                       '_bad': np.full(local, '')}  # packed rows do not name their bad records
-        return batches()
-    return make
-
-
 def batches(train, *, data_dir, split, spec, tokenizer, batch_size, seed, image_options=None,
             num_epochs=None, shuffle=True, process_index=0, process_count=1, worker_count=0,
-            pack=False):
+            pack=False, pack_window=8):
     """TrainBatches over dataset or mixture `train` ('NAME' / 'A:0.7,B:0.3'): this process's
-    rows of global batches of `batch_size`. num_epochs=None repeats forever."""
+    rows of global batches of `batch_size`. num_epochs=None repeats forever. `pack`: packed
+    text rows, `pack_window` rows to a packing window (mmjax/data/packing.py)."""
     if batch_size % process_count:
         raise ConfigError(f"train.batch_size={batch_size} does not split over {process_count} "
                           f"processes; use a multiple of {process_count}")
@@ -293,15 +221,15 @@ def batches(train, *, data_dir, split, spec, tokenizer, batch_size, seed, image_
         if set(spec) != {'text'}:
             raise ConfigError(f"data.pack packs text-only batches; this task's batch has "
                               f"{', '.join(spec)}: set data.pack=False")
-        make = _packed_iterator(stream, length=spec['text'].shape[0], tokenizer=tokenizer,
-                                global_batch=batch_size, process_index=process_index,
-                                process_count=process_count, worker_count=worker_count)
+        stream = packing.PackedRows(stream, tokenizer, width=spec['text'].shape[0] - 1,
+                                    rows=pack_window)
+        identity['pack_window'] = [stream.rows, stream.documents]
+        collate = packing.Collate(tokenizer.bos_id)
     else:
-        make = _rows_iterator(stream, global_batch=batch_size, process_index=process_index,
-                              process_count=process_count,
-                              collate=transforms.Collate(spec, tokenizer, image_options),
-                              worker_count=worker_count)
-    return TrainBatches(make, identity)
+        collate = transforms.Collate(spec, tokenizer, image_options)
+    make = _rows_iterator(stream, global_batch=batch_size, process_index=process_index,
+                          process_count=process_count, collate=collate, worker_count=worker_count)
+    return TrainBatches(make, identity, packed=stream if pack else None)
 
 
 def _stream_batches(dataset, name, *, data_dir, split, spec, tokenizer, batch_size, seed,
@@ -445,4 +373,5 @@ def train_batches(run, data_dir, process_index, process_count):
                    image_options=images.ImageOptions.from_config(config.data),
                    process_index=process_index, process_count=process_count,
                    worker_count=config.data.get('worker_count', 0),
-                   pack=config.data.get('pack', False))
+                   pack=config.data.get('pack', False),
+                   pack_window=config.data.get('pack_window', 8))
