@@ -17,13 +17,13 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, hf_gpt2, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_clip, hf_gpt2, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_clip": hf_clip}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -132,7 +132,8 @@ def load_safetensors(path):
 
 
 # The towers each reference family holds: with learned position tables only.
-LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",)}
+LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",),
+                          "hf_clip": ("image", "text")}
 
 
 def check_positions(family, config):
@@ -152,6 +153,7 @@ def to_reference(family, config, params):
     ref_config = fam.reference_config(config)
     flat = {n: x for n, x in layout.canonical(layout.flatten(params)).items()
             if not n.startswith(fam.SKIP_ON_EXPORT)}
+    flat = getattr(fam, "before_export", dict)(flat)   # e.g. hf_clip folds a patch bias
     return ref_config, layout.to_reference(fam.rules(config), flat)
 
 
@@ -219,10 +221,20 @@ def export(workdir, fmt, out, step=None, dtype=None):
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
     if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
+    if fmt == "hf_clip":   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
+        FAMILIES[fmt].save_tokenizer(out, tokenizer, config)
     if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(vocab_lib.vocab_path(out))
     return {"format": fmt, "step": step, "out": out, "vocab": tokenizer is not None,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+
+
+def transformers_format(src):
+    """The --format of a transformers directory mmjax reads whole (its config.json's model_type
+    names it: 'clip' -> hf_clip), None for any other."""
+    path = paths.resolve(src) / CONFIG_FILE
+    model_type = json.loads(path.read_text()).get("model_type") if path.is_file() else None
+    return {"clip": "hf_clip"}.get(model_type)
 
 
 def carried_vocab(fmt, src):
