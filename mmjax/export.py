@@ -17,13 +17,14 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, hf_clip, hf_gpt2, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_clip, hf_gpt2, hf_siglip, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_clip": hf_clip}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_clip": hf_clip,
+            "hf_siglip": hf_siglip}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -133,7 +134,7 @@ def load_safetensors(path):
 
 # The towers each reference family holds: with learned position tables only.
 LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",),
-                          "hf_clip": ("image", "text")}
+                          "hf_clip": ("image", "text"), "hf_siglip": ("image", "text")}
 
 
 def check_positions(family, config):
@@ -153,7 +154,7 @@ def to_reference(family, config, params):
     ref_config = fam.reference_config(config)
     flat = {n: x for n, x in layout.canonical(layout.flatten(params)).items()
             if not n.startswith(fam.SKIP_ON_EXPORT)}
-    flat = getattr(fam, "before_export", dict)(flat)   # e.g. hf_clip folds a patch bias
+    flat = getattr(fam, "before_export", dict)(flat)   # e.g. hf_clip folds a patch bias in
     return ref_config, layout.to_reference(fam.rules(config), flat)
 
 
@@ -221,7 +222,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
     if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
-    if fmt == "hf_clip":   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
+    if fmt in ("hf_clip", "hf_siglip"):   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config)
     if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(vocab_lib.vocab_path(out))

@@ -1,9 +1,11 @@
-"""`mmjax export --format hf_clip`: a folder transformers' CLIPModel and CLIPProcessor load as
-they are. The trained smoke CLIP (one channel, CLIP's BPE) gives the same embeddings and the
-same zero-shot top-1 through transformers' own processor (RGB images of the grey digits, its
-tokenizer) as through `mmjax.load`; a tiny random model with what CLIP lacks (a patch bias,
-WordPiece, quick_gelu, scanned layers) matches too; imported back it is the same model; what
-CLIP cannot hold is refused in one line."""
+"""`mmjax export --format hf_clip` / `hf_siglip`: folders transformers' CLIPModel / SiglipModel and
+their processors load as they are. The trained smoke CLIP (one channel, CLIP's BPE) gives the
+same embeddings and the same zero-shot top-1 through transformers' own processor (RGB images
+of the grey digits, its tokenizer) as through `mmjax.load`; a tiny random model with what CLIP
+lacks (a patch bias, WordPiece, quick_gelu, scanned layers) matches too; imported back it is
+the same model. A SigLIP-built clip+mlm model (attention pooling, no image projection, text
+read at the last position) matches SiglipModel on the digits (random weights here; trained,
+in the acceptance test). What a format cannot hold is refused in one line."""
 
 import json
 import os
@@ -19,15 +21,16 @@ from PIL import Image
 from mmjax.convert import torch_io
 
 torch = torch_io.import_torch()
-from transformers import AutoProcessor, CLIPModel, CLIPProcessor  # noqa: E402
+from transformers import AutoProcessor, CLIPModel, CLIPProcessor, SiglipModel, SiglipProcessor  # noqa: E402
 
 import mmjax  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import export, tasks  # noqa: E402
 from mmjax.api import Model  # noqa: E402
-from mmjax.convert import hf_clip  # noqa: E402
+from mmjax.convert import hf_clip, hf_siglip  # noqa: E402
 from mmjax.data.sources import DIGIT_NAMES  # noqa: E402
 from mmjax.data.tokenizers import WordPieceTokenizer  # noqa: E402
+from conftest import run_mmjax  # noqa: E402
 from splits import digit_arrays  # noqa: E402
 from tiny_configs import tiny_config  # noqa: E402
 
@@ -42,19 +45,24 @@ def exported(trained_smoke_clip, tmp_path_factory):
     workdir, data_dir = trained_smoke_clip
     out = str(tmp_path_factory.mktemp("hf_clip") / "clip")
     summary = export.export(workdir, "hf_clip", out)
+    return out, mmjax.load(workdir), *_photos(data_dir), summary
+
+
+def _photos(data_dir, n=IMAGES):
+    """n test digits as uint8 [n, 28, 28] and their labels."""
     digits = digit_arrays(data_dir, "test")
-    photos = np.round((digits["image"][:IMAGES, ..., 0] + 1) * 127.5).astype(np.uint8)
-    return out, mmjax.load(workdir), photos, digits["label"][:IMAGES], summary
+    return np.round((digits["image"][:n, ..., 0] + 1) * 127.5).astype(np.uint8), digits["label"][:n]
 
 
-def _theirs(out, photos, texts):
+def _theirs(out, photos, texts, model_class=CLIPModel, processor_class=CLIPProcessor):
     """(image embeddings, text embeddings, logits_per_image), L2-normalised, from transformers'
-    own classes: AutoProcessor (RGB images of the grey digits) and CLIPModel."""
-    model = CLIPModel.from_pretrained(out).eval()
+    own classes: AutoProcessor (RGB images of the grey digits) and the model. Texts are padded
+    to the context length, as SigLIP's model card says (CLIP's pooling does not mind)."""
+    model = model_class.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
-    assert isinstance(processor, CLIPProcessor)
+    assert isinstance(processor, processor_class)
     inputs = processor(text=texts, images=[Image.fromarray(p, "L").convert("RGB") for p in photos],
-                       return_tensors="pt", padding=True)
+                       return_tensors="pt", padding="max_length", truncation=True)
     with torch.no_grad():
         output = model(**inputs)
     return output.image_embeds.numpy(), output.text_embeds.numpy(), output.logits_per_image.numpy()
@@ -164,3 +172,70 @@ def test_an_end_token_transformers_reads_as_argmax_is_refused(tmp_path):
     config = tiny_config("clip")
     with pytest.raises(ValueError, match=r"end-of-text id is 2.*argmax"):
         hf_clip.save_tokenizer(str(tmp_path), vocab, config)
+
+
+SIGLIP_BUILT = ["--config.model.image_proj=False", "--config.model.image.pool=map", "--config.model.image.ln_pre=False",
+                "--config.model.image.patch_bias=True", "--config.model.text.pool=last",
+                "--config.model.contrastive_loss=sigmoid", "--config.model.init_logit_bias=-10.0"]
+
+
+def _siglip_zero_shot(out, model, photos, labels):
+    """Embeddings and zero-shot through SiglipModel + SiglipProcessor equal mmjax's: the top-1s."""
+    prompts = [t.format(c) for c in DIGIT_NAMES for t in TEMPLATES]
+    class_of_prompt = np.repeat(np.arange(len(DIGIT_NAMES)), len(TEMPLATES))
+    zi, zt, logits = _theirs(out, photos, prompts, SiglipModel, SiglipProcessor)
+    ours_i, ours_t = model.encode_image(list(photos)), model.encode_text(prompts)
+    assert np.abs(zi - ours_i).max() <= TOL and np.abs(zt - ours_t).max() <= TOL
+    theirs_top1, ours_top1 = _top1(class_of_prompt, logits, labels), _top1(class_of_prompt, ours_i @ ours_t.T, labels)
+    assert theirs_top1 == ours_top1, (theirs_top1, ours_top1)
+    return ours_top1
+
+
+def test_a_siglip_built_clip_mlm_model_matches_siglip_on_the_digits(trained_smoke_clip, tmp_path):
+    """Random weights: the clip+mlm smoke model built as SigLIP (its MLM head is left out)."""
+    data_dir = trained_smoke_clip[1]   # its digits
+    config = config_lib.load("configs/smoke_clip_mlm.py", SIGLIP_BUILT + [
+        "--config.model.embed_dim=32", "--config.model.image.width=32", "--config.model.image.depth=1",
+        "--config.model.image.num_heads=2", "--config.model.image.mlp_dim=64", "--config.model.text.width=32",
+        "--config.model.text.depth=1", "--config.model.text.num_heads=2", "--config.model.text.mlp_dim=64"])
+    vocab = WordPieceTokenizer.train([t.format(c) for c in DIGIT_NAMES for t in TEMPLATES] * 3, 120)
+    config.model.text.vocab_size = vocab.vocab_size
+    params = _random_params(config, vocab)
+    assert "mlm_head" in params and "image_proj" not in params
+    out = str(tmp_path / "siglip")
+    hf_siglip.save(out, *export.to_reference("hf_siglip", config, params), config)
+    hf_siglip.save_tokenizer(out, vocab, config)
+    photos, labels = _photos(data_dir)
+    _siglip_zero_shot(out, Model(config, params, vocab), photos, labels)
+
+
+@pytest.mark.acceptance
+def test_trained_siglip_built_clip_mlm_scores_the_same_zero_shot_in_transformers(trained_smoke_clip, tmp_path):
+    """`mmjax train` of the smoke CLIP+MLM built as SigLIP, exported with `mmjax export`."""
+    workdir, out, data_dir = str(tmp_path / "run"), str(tmp_path / "siglip"), trained_smoke_clip[1]
+    run_mmjax("train", "--config", "configs/smoke_clip_mlm.py", "--workdir", workdir, "--data_dir", data_dir,
+              "--config.model.embed_dim=96", *SIGLIP_BUILT, "--config.train.steps=150", "--config.train.batch_size=64",
+              "--config.train.log_every=150", "--config.train.eval_every=1000", "--config.optim.warmup_steps=10")
+    run_mmjax("export", "--workdir", workdir, "--format", "hf_siglip", "--out", out)
+    top1 = _siglip_zero_shot(out, mmjax.load(workdir, data_dir=data_dir), *_photos(data_dir))
+    print(f"zero-shot top-1 on {IMAGES} test digits, mmjax and transformers: {top1:.3f}")
+    assert top1 > 0.3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], r"model\.image\.pool \(needs 'map'.*model\.image\.ln_pre \(needs False.*model\.image_proj "
+         r"\(needs False.*model\.text\.causal \(needs False.*model\.text\.pool \(needs 'last'.*data\.tokenizer"),
+    (SIGLIP_BUILT + ["--config.model.text.causal=False", "--config.model.image.position=sinusoidal"],
+     r"holds learned position tables only.*model\.image\.position"),
+])
+def test_what_siglip_cannot_hold_is_refused_in_one_line(overrides, message):
+    config = config_lib.load("configs/smoke_clip.py", overrides)
+    with pytest.raises(ValueError, match=message) as error:
+        export.to_reference("hf_siglip", config, {})
+    assert "\n" not in str(error.value)
+
+
+def test_clip_refuses_a_siglip_built_model_in_one_line():
+    config = config_lib.load("configs/smoke_clip.py", SIGLIP_BUILT)
+    with pytest.raises(ValueError, match=r"model\.image\.pool \(needs 'cls'.*model\.image_proj \(needs True"):
+        export.to_reference("hf_clip", config, {})

@@ -72,6 +72,7 @@ def reference_config(config):
     check({**common_checks(config),
            "model.image.pool": (img.pool == "cls", "'cls': CLIP reads the class token"),
            "model.image.ln_pre": (img.ln_pre, "True: CLIP always has pre_layrnorm"),
+           "model.image_proj": (m.get("image_proj", True), "True: CLIP projects the pooled image features"),
            "model.text.causal": (txt.causal, "True: CLIP's text attention is causal"),
            "model.text.pool": (txt.pool == "eot", "'eot': CLIP reads the first end-of-text token")},
           "transformers CLIP")
@@ -260,6 +261,11 @@ def save_tokenizer(out, tokenizer, config):
     for name, text in files.items():
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
             f.write(text)
+    set_token_ids(out, bos, eos, pad)
+
+
+def set_token_ids(out, bos, eos, pad):
+    """The tokenizer's ids in OUT/config.json's text_config."""
     path = os.path.join(out, CONFIG_FILE)
     with open(path) as f:
         hf_config = json.load(f)
