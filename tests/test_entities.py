@@ -47,3 +47,33 @@ def test_hand_checked_sentence():
                                                                         ("LOC", 4, 4)}
     s = entities.scores(true, pred[:1])
     assert (s["PER/f1"], s["LOC/f1"], s["micro/precision"]) == (1.0, 1.0, 1.0)
+
+
+def test_conll_lines_read_into_sentences():
+    from mmjax.data import conll
+    lines = ["-DOCSTART- -X- O O", "", "EU NNP B-NP B-ORG", "rejects VBZ B-VP O", "", "",
+             "Peter NNP B-NP B-PER", "Blackburn NNP I-NP I-PER"]
+    assert conll.read(lines) == [(["EU", "rejects"], ["B-ORG", "O"]), (["Peter", "Blackburn"], ["B-PER", "I-PER"])]
+    with pytest.raises(ValueError, match="line 2 .*no tag column"):
+        conll.read(["EU B-ORG", "rejects"])
+
+
+def test_first_word_piece_carries_the_tag_as_transformers_word_ids_say(tmp_path):
+    """Reference: transformers' fast tokenizer (the run's tokenizer.json) and its word_ids()."""
+    from transformers import PreTrainedTokenizerFast
+    from mmjax.data import conll
+    from mmjax.data.tokenizers import WordPieceTokenizer
+    vocab = WordPieceTokenizer.train(["peter blackburn rejects the german call to boycott lamb"] * 3, 40)
+    words, tags = ["Peter", "Blackburn", "rejects", "German", "lamb", "zzz"], [1, 2, 0, 3, 0, 0]
+    tokens, labels = conll.piece_labels(vocab, words, tags, 32)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(vocab.to_json())
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="[PAD]")
+    encoded = fast(words, is_split_into_words=True, padding="max_length", max_length=32)
+    assert np.array_equal(tokens, encoded["input_ids"])
+    ids, previous = encoded.word_ids(), None
+    expected = [conll.IGNORE if w is None or w == previous else tags[w] for w, previous in zip(ids, [None] + ids)]
+    assert np.array_equal(labels, expected)
+    cut_tokens, cut = conll.piece_labels(vocab, words, tags, 6)   # room for whole words only
+    assert cut_tokens[-1] == vocab.sep_id or vocab.sep_id in cut_tokens
+    assert list(cut[cut != conll.IGNORE]) == tags[:int((cut != conll.IGNORE).sum())]
