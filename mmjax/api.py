@@ -27,8 +27,9 @@ from mmjax.data import vocab
 
 def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
          batch_size: int = 64) -> Model:
-    """The model of a workdir (its newest checkpoint, or `step`), of a params export or of an
-    open_clip local dir (its preprocess_cfg's mean / std included), with the run's tokenizer:
+    """The model of a workdir (its newest checkpoint, or `step`), of a params export, of an
+    open_clip local dir (its preprocess_cfg's mean / std included) or of a transformers CLIP
+    directory (its preprocessor config's mean / std included), with the run's tokenizer:
     the vocab.txt beside the checkpoints or in the export (`data_dir`'s is used only for runs
     from before the vocabulary was saved with them)."""
     from mmjax import export  # Lazy: orbax.
@@ -39,6 +40,8 @@ def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
         config, params = export.load_params(path)
     elif (paths.resolve(path) / open_clip.CONFIG_FILE).is_file():
         config, params, _ = export.load("open_clip", path)
+    elif (fmt := export.transformers_format(path)) is not None:
+        config, params, _ = export.load(fmt, path)
     else:
         raise FileNotFoundError(f"{path} is neither a workdir (checkpoints/), an `mmjax export "
                                 f"--format params` directory nor an open_clip one ({open_clip.CONFIG_FILE})")

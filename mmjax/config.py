@@ -25,8 +25,8 @@ CHOICES = {
     "data.tokenizer": ("clip_bpe", "wordpiece", "bpe"),
     "data.crop": ("random_resized", "resize", "center"),
     "data.image_channels": (1, 3),
-    "model.image.pool": ("cls", "mean"),
-    "model.text.pool": ("eot", "first", "mean"),
+    "model.image.pool": ("cls", "mean", "map"),
+    "model.text.pool": ("eot", "first", "last", "mean"),
     "model.image.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
     "model.text.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
     "model.image.position": ("learned", "sinusoidal", "rotary"),
@@ -382,6 +382,9 @@ def defaults() -> ml_collections.ConfigDict:
         # slots): the same outputs, fewer FLOPs; False computes every position (mmjax/flops.py).
         prune_last_layer=True,
         embed_dim=512, contrastive_loss="infonce", init_logit_bias=None,
+        # False: the image tower's pooled features are the embedding (SigLIP's; needs embed_dim
+        # = model.image.width), else a learned projection to embed_dim (CLIP's).
+        image_proj=True,
         image=dict(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="cls",
                    ln_pre=True, patch_bias=False, pre_norm=True, activation="gelu", norm_eps=1e-5),
         text=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8,

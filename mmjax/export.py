@@ -17,13 +17,14 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, hf_gpt2, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_clip, hf_gpt2, hf_siglip, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_clip": hf_clip,
+            "hf_siglip": hf_siglip}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -132,7 +133,8 @@ def load_safetensors(path):
 
 
 # The towers each reference family holds: with learned position tables only.
-LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",)}
+LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",),
+                          "hf_clip": ("image", "text"), "hf_siglip": ("image", "text")}
 
 
 def check_positions(family, config):
@@ -152,6 +154,7 @@ def to_reference(family, config, params):
     ref_config = fam.reference_config(config)
     flat = {n: x for n, x in layout.canonical(layout.flatten(params)).items()
             if not n.startswith(fam.SKIP_ON_EXPORT)}
+    flat = getattr(fam, "before_export", dict)(flat)   # e.g. hf_clip folds a patch bias in
     return ref_config, layout.to_reference(fam.rules(config), flat)
 
 
@@ -211,8 +214,8 @@ def export(workdir, fmt, out, step=None, dtype=None):
     if dtype:
         params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
     tokenizer = vocab_lib.read_vocab(workdir)   # the run's learned vocabulary, if it has one
-    if fmt == "hf_bert" and config.data.tokenizer == "bpe":
-        raise ValueError("hf_bert carries a WordPiece vocabulary (BertTokenizer); this run's "
+    if fmt in ("hf_bert", "hf_clip", "hf_siglip") and config.data.tokenizer == "bpe":
+        raise ValueError(f"{fmt} carries CLIP's BPE or a WordPiece vocabulary; this run's "
                          "data.tokenizer is 'bpe': export it as safetensors or params")
     if fmt == "params":
         save_params(out, config, params)
@@ -222,10 +225,20 @@ def export(workdir, fmt, out, step=None, dtype=None):
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
     if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
+    if fmt in ("hf_clip", "hf_siglip"):   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
+        FAMILIES[fmt].save_tokenizer(out, tokenizer, config)
     if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(paths.join(out, tokenizer.vocab_file))
     return {"format": fmt, "step": step, "out": out, "vocab": tokenizer is not None,
             "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+
+
+def transformers_format(src):
+    """The --format of a transformers directory mmjax reads whole (its config.json's model_type
+    names it: 'clip' -> hf_clip), None for any other."""
+    path = paths.resolve(src) / CONFIG_FILE
+    model_type = json.loads(path.read_text()).get("model_type") if path.is_file() else None
+    return {"clip": "hf_clip"}.get(model_type)
 
 
 def carried_vocab(fmt, src, kind="wordpiece"):

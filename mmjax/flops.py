@@ -62,7 +62,7 @@ def mlm_train_flops(b, text, max_predictions, prune=True):
 
 def text_pooled_rows(text, prune=True):
     """Rows the text tower's last layer computes for its pooled features (None: all)."""
-    return 1 if prune and text.pool in ("eot", "first") else None
+    return 1 if prune and text.pool in ("eot", "first", "last") else None
 
 
 def image_pooled_rows(image, prune=True):

@@ -142,6 +142,7 @@ def reference_config(config):
     m, img, txt = config.model, config.model.image, config.model.text
     wanted = {"task": (config.task in ("clip", "clip+mlm"), "'clip' or 'clip+mlm'"),
               "model.image.pool": (img.pool == "cls", "'cls'"),
+              "model.image_proj": (m.get("image_proj", True), "True"),
               "model.image.patch_bias": (not img.patch_bias, "False"),
               "model.image.pre_norm": (img.pre_norm, "True"),
               "model.image.activation": (img.activation in ("gelu", "quick_gelu"), "'gelu' or 'quick_gelu'"),

@@ -31,6 +31,7 @@ class DualEncoder(nn.Module):
     max_scale: float = 100.0
     init_logit_bias: float | None = None
     mlm_head: MlmHead | None = None
+    project_image: bool = True       # False: the pooled image features are the embedding (SigLIP)
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -38,7 +39,11 @@ class DualEncoder(nn.Module):
             return nn.Dense(self.embed_dim, use_bias=False, param_dtype=self.param_dtype,
                             kernel_init=logical(normal_init(width ** -0.5), ("embed", "mlp")))
 
-        self.image_proj = projection(self.image.opts.width)
+        if self.project_image:
+            self.image_proj = projection(self.image.opts.width)
+        elif self.image.opts.width != self.embed_dim:
+            raise ValueError(f"model.image_proj=False needs model.embed_dim ({self.embed_dim}) = "
+                             f"model.image.width ({self.image.opts.width}): no projection maps one to the other")
         self.text_proj = projection(self.text.opts.width)
         self.logit_scale = self.param("logit_scale", logical(nn.initializers.constant(self.init_logit_scale), ()),
                                       (), jnp.float32)
@@ -52,7 +57,8 @@ class DualEncoder(nn.Module):
         return ("encode_image", "encode_text") + (("mlm_logits",) if self.mlm_head else ())
 
     def encode_image(self, images):
-        return l2_normalize(self.image_proj(self.image(images)))
+        pooled = self.image(images)
+        return l2_normalize(self.image_proj(pooled) if self.project_image else pooled)
 
     def encode_text(self, tokens):
         return l2_normalize(self.text_proj(self.text.pooled(tokens)))

@@ -50,7 +50,7 @@ class ViTOptions(EncoderOptions):
 
     patch_size: int
     width: int
-    pool: str = "cls"            # 'cls' | 'mean'
+    pool: str = "cls"            # 'cls' | 'mean' | 'map' (attention pooling, SigLIP's)
     ln_pre: bool = True
     patch_bias: bool = False
 
@@ -63,7 +63,7 @@ class TextOptions(EncoderOptions):
     context_length: int
     width: int
     causal: bool = True
-    pool: str = "eot"            # 'eot' (first eot_id) | 'first' | 'mean' (over real tokens)
+    pool: str = "eot"            # 'eot' (first eot_id) | 'first' | 'last' (SigLIP's) | 'mean' (real tokens)
     embed_norm: bool = False
     final_norm: bool = True
     type_vocab_size: int = 0

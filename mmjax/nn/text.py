@@ -98,11 +98,14 @@ class TextTransformer(nn.Module):
         return self.ln_final(x) if o.final_norm else x
 
     def pool_positions(self, tokens):
-        """The one position [b, 1] that pooling reads ('eot': `eot_positions`; 'first': 0), or
+        """The one position [b, 1] that pooling reads ('eot': `eot_positions`; 'first': 0;
+        'last': the row's last, padding included, as SigLIP reads it), or
         None when it reads every position ('mean')."""
         o = self.opts
-        if o.pool not in ("eot", "first", "mean"):
-            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first', 'mean'")
+        if o.pool not in ("eot", "first", "last", "mean"):
+            raise ValueError(f"text pool {o.pool!r} unknown; valid: 'eot', 'first', 'last', 'mean'")
+        if o.pool == "last":   # SigLIP's: the last position of the padded row
+            return jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32)
         if o.pool == "eot":
             eot = o.vocab_size - 1 if o.eot_id is None else o.eot_id
             return eot_positions(tokens, eot, o.pad_id)[:, None]

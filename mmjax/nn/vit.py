@@ -1,20 +1,22 @@
-"""Vision transformer image tower: patch embedding, class token or mean pooling."""
+"""Vision transformer image tower: patch embedding, class token, mean or attention (MAP) pooling."""
 
 import einops
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mmjax.nn import positions
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import ViTOptions
-from mmjax.nn.transformer import Encoder, layer_norm
+from mmjax.nn.transformer import Encoder, Mlp, layer_norm
 
 
 class ViT(nn.Module):
     """Images [b, H, W, C] -> pooled features [b, width] (after the final LayerNorm).
 
     Layout follows CLIP: patch embed (no bias by default), + positions, LN (`ln_pre`), encoder,
-    pool ('cls' token or 'mean' over patches), LN. With 'cls' the last layer computes only
+    pool ('cls' token or 'mean' over patches), LN; 'map' (SigLIP's, big_vision's MAPHead): LN
+    on every patch, then a learned probe attends to them (`MapHead`). With 'cls' the last layer computes only
     the class token's row (`opts.prune_last_layer`). `opts.position`: a learned table, MAE's
     2-D sinusoids, or axial 2-D rotary queries and keys (nn.positions); under the last two the
     class token has no position.
@@ -58,6 +60,41 @@ class ViT(nn.Module):
         encoder = Encoder(o.replace(causal=False), name="encoder")
         if o.pool == "cls":   # the last layer runs only at the class token
             pooled = encoder(x, select=jnp.zeros((x.shape[0], 1), jnp.int32), rope=rope)[:, 0]
+        elif o.pool == "map":
+            x = layer_norm(o.norm_eps, name="ln_post", **kw)(encoder(x, rope=rope))
+            return MapHead(o, name="map_head")(x)
         else:
             pooled = encoder(x, rope=rope).mean(axis=1)
         return layer_norm(o.norm_eps, name="ln_post", **kw)(pooled)
+
+
+class MapHead(nn.Module):
+    """Multi-head attention pooling (SigLIP; big_vision's MAPHead): tokens [b, n, width] ->
+    [b, width]. A learned probe queries the tokens (q from the probe, k and v from the tokens:
+    one [width, 3, heads, d] kernel as the towers' fused one), then a pre-LN MLP with a residual."""
+
+    opts: ViTOptions
+
+    @nn.compact
+    def __call__(self, x):
+        o = self.opts
+        kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
+        width, h = x.shape[-1], o.num_heads
+        d = width // h
+
+        def param(name, shape, names, init=normal_init(width ** -0.5)):
+            return self.param(name, logical(init, names), shape, o.param_dtype).astype(o.dtype)
+
+        probe = param("probe", (width,), ("embed",))
+        w = param("qkv_kernel", (width, 3, h, d), ("embed", None, "heads", "kv"))
+        b = param("qkv_bias", (3, h, d), (None, "heads", "kv"), nn.initializers.zeros)
+        x = x.astype(o.dtype)
+        q = jnp.einsum("e,ehd->hd", probe, w[:, 0]) + b[0]                        # [h, d]
+        k = jnp.einsum("bne,ehd->bnhd", x, w[:, 1]) + b[1]
+        v = jnp.einsum("bne,ehd->bnhd", x, w[:, 2]) + b[2]
+        scores = jnp.einsum("hd,bnhd->bhn", q, k).astype(jnp.float32) * d ** -0.5
+        weights = jax.nn.softmax(scores, axis=-1).astype(o.dtype)
+        y = jnp.einsum("bhn,bnhd->bhd", weights, v)
+        y = jnp.einsum("bhd,hde->be", y, param("out_kernel", (h, d, width), ("heads", "kv", "embed"))) \
+            + param("out_bias", (width,), ("embed",), nn.initializers.zeros)
+        return y + Mlp(o.mlp_dim, o.activation, name="mlp", **kw)(layer_norm(o.norm_eps, name="ln", **kw)(y)[:, None])[:, 0]

@@ -27,6 +27,7 @@ class Clip(Task):
         return DualEncoder(ViT(options.from_config(m, "image")),
                            TextTransformer(options.from_config(m, "text", self.tokenizer)), m.embed_dim,
                            init_logit_bias=m.get("init_logit_bias"), mlm_head=mlm_head,
+                           project_image=m.get("image_proj", True),
                            param_dtype=np.dtype(m.param_dtype))
 
     def image_shape(self):
