@@ -3,6 +3,7 @@ pair rows against a construction written here from the documents; their determin
 resume and across process counts; the masker around [CLS]/[SEP]; the sharded loss; the
 evaluator; and (acceptance) the smoke run's bar."""
 
+import functools
 import json
 import os
 import re
@@ -60,7 +61,8 @@ def _theirs(model, tokens, types):
 
 def _ours(config, params, tokens, types):
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-    mlm, nsp = tasks.get(config, None).build_model().apply({"params": params}, tokens, positions, types)
+    mlm, nsp = jax.jit(tasks.get(config, None).build_model().apply)({"params": params}, tokens,
+                                                                    positions, types)
     return np.asarray(mlm), np.asarray(nsp)
 
 
@@ -101,10 +103,10 @@ def test_mlm_nsp_export_loads_in_bert_for_pretraining(tmp_path):
                              context_length=12, vocab_size=80)
     task = tasks.get(config, None)
     method, args = task.init_args()
-    params = jax.tree.map(np.asarray, task.build_model().init(jax.random.PRNGKey(3), *args, method=method)["params"])
-    rng = np.random.default_rng(0)   # biases and norms away from their constant inits
-    params = jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype), params)
-    params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(params))
+    params = export.abstract_params(config)
+    rng = np.random.default_rng(0)   # every parameter random: a swapped or dropped one shows
+    params = layout.unflatten({n: 0.1 * rng.standard_normal(s.shape).astype(s.dtype)
+                               for n, s in params.items()})
     hf_bert.save(str(tmp_path), *export.to_reference("hf_bert", config, params), config)
     reference, info = BertForPreTraining.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not any(info.values()), info   # no missing, unexpected or mismatched tensors
@@ -252,45 +254,48 @@ def test_the_masker_leaves_cls_and_sep_alone(documents):
     config = tiny_config("mlm+nsp")
     config.model.mlm.update(max_predictions=6, mask_rate=0.5)
     special = np.isin(batch["text"], [VOCAB["[CLS]"], VOCAB["[SEP]"], VOCAB["[PAD]"]])
+    mask = jax.jit(masker(config, TOKENIZER))
     for seed in range(4):
-        masked = jax.device_get(masker(config, TOKENIZER)(jax.random.PRNGKey(seed), batch["text"]))
+        masked = jax.device_get(mask(jax.random.PRNGKey(seed), batch["text"]))
         chosen = np.take_along_axis(special, masked["positions"], axis=1)
         assert not chosen[masked["weights"] > 0].any()
         np.testing.assert_array_equal(masked["inputs"][special], batch["text"][special])
         assert masked["weights"].sum() > 64 * 4
 
 
-def _tiny_pairs(b, length, seed=0):
-    """Random pair rows in the tiny configs' vocabulary ([CLS] 2, [SEP] 3, padding 0)."""
-    rng = np.random.default_rng(seed)
-    text = rng.integers(5, 64, (b, length)).astype(np.int32)
-    types = np.zeros((b, length), np.int32)
-    for row, (a, n) in enumerate(zip(rng.integers(2, length // 2, b), rng.integers(length - 3, length + 1, b))):
-        text[row, 0], text[row, a], text[row, n - 1], text[row, n:] = 2, 3, 3, 0
-        types[row, a + 1:n] = 1
-    return {"text": text, "token_types": types, "is_random": rng.integers(0, 2, b).astype(np.int32)}
+def _pairs_config():
+    config = tiny_config("mlm+nsp")
+    config.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2,
+                             context_length=LENGTH, vocab_size=-(-len(VOCAB) // 8) * 8, depth=1)
+    return config
 
 
-def test_mlm_nsp_loss_on_a_3d_mesh_equals_one_device():
+@pytest.fixture(scope="module")
+def one_device():
+    """A tiny mlm+nsp run on one device over the toy documents' vocabulary, and its params."""
+    run = setup(_pairs_config(), tokenizer=TOKENIZER, devices=jax.devices()[:1])
+    return run, run.init_state().params
+
+
+def _loss_and_grads(run, params, batch):
+    fn = jax.value_and_grad(make_loss_fn(run.task.loss_terms(run.model, run.mesh)), has_aux=True)
+    (loss, metrics), grads = Traced(
+        jax.jit(fn, in_shardings=(run.state_shardings.params, sharding.batch_sharding(run.mesh), None)),
+        run.mesh, run.rules)(params, sharding.global_batch(batch, run.mesh), jax.random.PRNGKey(0))
+    return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+def test_mlm_nsp_loss_on_a_3d_mesh_equals_one_device(documents, one_device):
     """8 simulated devices, data 2 x fsdp 2 x tensor 2: loss and grads within 1e-5."""
-    from tiny_configs import TOKENIZER as TINY
-    batch = _tiny_pairs(16, 8, seed=3)
-
-    def loss_and_grads(shape):
-        config = tiny_config("mlm+nsp")
-        config.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2)
-        config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
-        run = setup(config, tokenizer=TINY, devices=jax.devices()[:int(np.prod(shape))])
-        state = run.init_state()
-        assert len(state.params["nsp_head"]["pooler"]["kernel"].sharding.device_set) == int(np.prod(shape))
-        fn = jax.value_and_grad(make_loss_fn(run.task.loss_terms(run.model, run.mesh)), has_aux=True)
-        (loss, metrics), grads = Traced(
-            jax.jit(fn, in_shardings=(run.state_shardings.params, sharding.batch_sharding(run.mesh), None)),
-            run.mesh, run.rules)(state.params, sharding.global_batch(batch, run.mesh), jax.random.PRNGKey(0))
-        return float(loss), jax.device_get(metrics), jax.device_get(grads)
-
-    loss_1, metrics_1, grads_1 = loss_and_grads((1, 1, 1))
-    loss_8, metrics_8, grads_8 = loss_and_grads((2, 2, 2))
+    batch = _batches(documents, 1)[0]
+    run_1, params_1 = one_device
+    config = _pairs_config()
+    config.mesh.update(data=2, fsdp=2, tensor=2)
+    run_8 = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:8])
+    params_8 = jax.device_put(jax.device_get(params_1), run_8.state_shardings.params)
+    assert len(params_8["nsp_head"]["pooler"]["kernel"].sharding.device_set) == 8
+    loss_1, metrics_1, grads_1 = _loss_and_grads(run_1, params_1, batch)
+    loss_8, metrics_8, grads_8 = _loss_and_grads(run_8, params_8, batch)
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     np.testing.assert_allclose(metrics_1["mlm_loss"] + metrics_1["nsp_loss"], loss_1, rtol=1e-6)
     for k in ("mlm_loss", "nsp_loss", "nsp_accuracy"):
@@ -299,23 +304,20 @@ def test_mlm_nsp_loss_on_a_3d_mesh_equals_one_device():
         assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(b), 1e-30)
 
 
-def test_nsp_evaluator_scores_the_model_on_every_record(documents):
+def test_nsp_evaluator_scores_the_model_on_every_record(documents, one_device):
     from mmjax.eval.nsp import NextSentence
-    config = tiny_config("mlm+nsp")
-    config.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2,
-                             context_length=LENGTH, vocab_size=len(VOCAB))
-    run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:2])
-    params = run.init_state().params
+    run, params = one_device
     spec = dict(type="nsp", dataset=documents, split="test", every=1, batch_size=4, seed=0,
                 min_examples=0)
     got = NextSentence(run, spec, None).run(params)
     # The pairs the evaluator read, each record's own (seeded by its index), scored here.
-    op = pipeline.example_ops(_Documents(), batch_spec(LENGTH), None, False,
-                              _Documents().source(None, "test"), TOKENIZER)
-    pairs = [transforms.apply_one(op, r, (0, i)) for i, r in enumerate(_Documents().source(None, "test"))]
+    records = _Documents().source(None, "test")
+    ops = pipeline.example_ops(_Documents(), batch_spec(LENGTH), None, False, records, TOKENIZER)
+    pairs = [transforms.apply_one(ops, r, (0, i)) for i, r in enumerate(records)]
     tokens, types = np.stack([p["text"] for p in pairs]), np.stack([p["token_types"] for p in pairs])
     labels = np.array([p["is_random"] for p in pairs])
-    logits = run.model.apply({"params": jax.device_get(params)}, tokens, types, method="nsp_logits")
+    logits = jax.jit(functools.partial(run.model.apply, method="nsp_logits"))(
+        {"params": jax.device_get(params)}, tokens, types)
     assert got["n"] == len(DOCS)
     assert got["accuracy"] == pytest.approx(np.mean(np.argmax(logits, -1) == labels))
     assert got["random_fraction"] == pytest.approx(labels.mean())
