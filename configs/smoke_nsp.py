@@ -7,7 +7,14 @@ Data: the built-in prose (Python's pydoc topics and Shakespeare's plays in ~48-w
 every 20th held out) as sentence pairs: each chunk is cut at a sentence end into A and B; half
 the time B is swapped for as many words of another chunk (mmjax/data/sentence_pairs.py).
 Tokenizer: WordPiece (8,192) trained on the training split. Hardware: 2 CPU cores.
-Expected: see the figures below; held-out NSP accuracy >= 0.75 (the majority answer: ~0.5).
+
+Measured 2026-12-04 (2,000 steps; 42 min on a 2-core box shared with ~7 other runs): held-out
+NSP accuracy 0.644 on the 1,010 test pairs (majority answer 0.512; 0.512 at steps 500 and 1000,
+0.615 at 1500), masked-token accuracy 0.140 (most frequent token 0.066). The issue's bar, NSP
+>= 0.75, is NOT reached: with context_length=64, max_predictions=10 and 4,000 steps NSP is
+0.647. The pairs are hard on this data: ~93% of it is Shakespeare, so a random B is mostly
+another play's ~24 words, and a bag-of-words logistic regression on (A, B, A*B) reaches 0.59
+held out. Reaching the bar needs longer training (NSP still climbs at the end) or longer pairs.
 """
 
 from mmjax.config import defaults
@@ -22,7 +29,7 @@ def get_config():
                         mlp_dim=512, causal=False, pool="first", pre_norm=False, embed_norm=True,
                         final_norm=False, type_vocab_size=2, norm_eps=1e-12)
     c.model.mlm.update(max_predictions=20)
-    c.train.update(steps=2000, batch_size=32, log_every=100, eval_every=500, checkpoint_every=1000)
+    c.train.update(steps=2000, batch_size=32, log_every=100, eval_every=1000, checkpoint_every=1000)
     c.optim.update(lr=1.5e-3, warmup_steps=50, weight_decay=0.01, b2=0.999)
     c.evals.mlm = dict(type="mlm", dataset="prose", split="test")
     c.evals.nsp = dict(type="nsp", dataset="prose", split="test")
