@@ -1,12 +1,17 @@
-"""transformers `BertForMaskedLM` <-> mmjax BertMlm: model config both ways and the weight name table.
+"""transformers `BertForMaskedLM` / `BertForPreTraining` <-> mmjax BertMlm / BertPreTraining
+(task 'mlm' / 'mlm+nsp'): model config both ways and the weight name table.
 
 On disk an export is a transformers model directory: `config.json` and `model.safetensors`
 (written with numpy; the decoder is tied to the word embeddings, so it has no tensor of its
 own), and the run's tokenizer (`vocab.txt`, `tokenizer.json`, `tokenizer_config.json`). An import also takes `BertModel` weights (no `bert.` prefix, no MLM head, e.g.
-sentence-transformers' MiniLM): the MLM head is then initialised fresh.
+sentence-transformers' MiniLM): the MLM head is then initialised fresh. The base config's task
+decides the model: 'mlm+nsp' reads the pooler and the NSP head (`bert.pooler.dense`,
+`cls.seq_relationship`) when the weights hold them (else they start fresh) and exports them;
+'mlm' drops them.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -18,9 +23,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_BASE = "smoke_mlm.py"
 SKIP_ON_EXPORT = ()
-OPTIONAL = ("head/",)  # absent from BertModel checkpoints
+TASKS = ("mlm", "mlm+nsp")
+OPTIONAL = ("head/", "nsp_head/")  # absent from BertModel / BertForMaskedLM checkpoints
 # Tensors with no mmjax counterpart that an import may drop: buffers, the NSP head and the
-# pooler (neither is part of MLM), and the decoder (checked to be tied in `prepare`).
+# pooler (an 'mlm' model has neither), and the decoder (checked to be tied in `prepare`).
 IGNORED = ("bert.embeddings.position_ids", "bert.pooler.dense.weight", "bert.pooler.dense.bias",
            "cls.seq_relationship.weight", "cls.seq_relationship.bias",
            "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
@@ -29,9 +35,10 @@ ACTIVATIONS_IN = {**{v: k for k, v in ACTIVATIONS.items()}, "gelu_new": "gelu_ta
 
 
 def reference_config(config):
-    """transformers' BertConfig (as a dict) of an mmjax MLM config (ValueError naming what does not map)."""
+    """transformers' BertConfig (as a dict) of an mmjax MLM (+ NSP) config (ValueError naming what does not map)."""
     t = config.model.text
-    wanted = {"task": (config.task == "mlm", "'mlm'"), "model.text.causal": (not t.causal, "False"),
+    wanted = {"task": (config.task in TASKS, " or ".join(map(repr, TASKS))),
+              "model.text.causal": (not t.causal, "False"),
               "model.text.pre_norm": (not t.pre_norm, "False"),
               "model.text.embed_norm": (t.embed_norm, "True"),
               "model.text.final_norm": (not t.final_norm, "False"),
@@ -40,7 +47,8 @@ def reference_config(config):
     bad = [f"{k} (needs {need})" for k, (ok, need) in wanted.items() if not ok]
     if bad:
         raise ValueError("this model has no transformers BERT counterpart: " + ", ".join(bad))
-    return {"architectures": ["BertForMaskedLM"], "model_type": "bert",
+    architecture = "BertForPreTraining" if config.task == "mlm+nsp" else "BertForMaskedLM"
+    return {"architectures": [architecture], "model_type": "bert",
             "vocab_size": t.vocab_size, "hidden_size": t.width, "num_hidden_layers": t.depth,
             "num_attention_heads": t.num_heads, "intermediate_size": t.mlp_dim,
             "hidden_act": ACTIVATIONS[t.activation], "max_position_embeddings": t.context_length,
@@ -52,8 +60,13 @@ def reference_config(config):
 
 def mmjax_config(hf, base):
     """`base` with its text model set from a BertConfig dict."""
-    if base.task != "mlm":
-        raise ValueError(f"BERT weights make an 'mlm' model; the base config's task is {base.task!r}")
+    if base.task not in TASKS:
+        raise ValueError(f"BERT weights make an 'mlm' or 'mlm+nsp' model; the base config's task "
+                         f"is {base.task!r}")
+    if base.task == "mlm" and "BertForPreTraining" in (hf.get("architectures") or ()):
+        logging.getLogger(__name__).warning(
+            "a BertForPreTraining's pooler and NSP head are dropped by an 'mlm' model: import "
+            "with --config.task=mlm+nsp to keep them")
     bad = [f"{k}={hf[k]!r}" for k, ok in (
         ("position_embedding_type", lambda v: v == "absolute"), ("is_decoder", lambda v: not v),
         ("hidden_act", lambda v: v in ACTIVATIONS_IN), ("tie_word_embeddings", lambda v: v))
@@ -89,9 +102,13 @@ def rules(config):
                   *linear(f"{mm}/mlp/fc1", f"{r}.intermediate.dense"),
                   *linear(f"{mm}/mlp/fc2", f"{r}.output.dense"),
                   *norm(f"{mm}/ln2", f"{r}.output.LayerNorm")]
-    return table + [*linear("head/transform", "cls.predictions.transform.dense"),
-                    *norm("head/ln", "cls.predictions.transform.LayerNorm"),
-                    same("head/output_bias", "cls.predictions.bias")]
+    table += [*linear("head/transform", "cls.predictions.transform.dense"),
+              *norm("head/ln", "cls.predictions.transform.LayerNorm"),
+              same("head/output_bias", "cls.predictions.bias")]
+    if config.task == "mlm+nsp":
+        table += [*linear("nsp_head/pooler", "bert.pooler.dense"),
+                  *linear("nsp_head/nsp", "cls.seq_relationship")]
+    return table
 
 
 def prepare(tensors):

@@ -33,7 +33,7 @@ import grain
 import numpy as np
 
 from mmjax.config import parse_mixture
-from mmjax.data import images, packing, sources, transforms
+from mmjax.data import images, packing, sentence_pairs, sources, transforms
 from mmjax.data.bad_records import BAD_RECORD_ERRORS, MAX_REPLACEMENTS, broken, decoded
 from mmjax.errors import ConfigError
 
@@ -51,11 +51,14 @@ def _check_features(dataset, name, spec):
                           f"{', '.join(spec)}: pick a dataset that has them")
 
 
-def example_ops(dataset, spec, image_options, train):
-    """The dataset's record -> example transforms, then the image transform the spec needs."""
+def example_ops(dataset, spec, image_options, train, source=None, tokenizer=None):
+    """The dataset's record -> example transforms, then the image transform the spec needs, or
+    the sentence pairs (B drawn from `source`, the split's records) a spec with token types does."""
     ops = list(dataset.example_ops(train=train))
     if 'image' in spec:
         ops.append(images.TrainImage(image_options) if train else images.EvalImage(image_options))
+    if sentence_pairs.TYPES in spec:
+        ops.append(sentence_pairs.op(dataset, source, tokenizer, spec))
     return ops
 
 
@@ -120,7 +123,7 @@ class _LocalBatches(grain.MapDataset):
 
 
 def global_stream(mixture, *, data_dir, split, spec, seed, image_options, num_epochs=None,
-                  shuffle=True, train=True) -> grain.MapDataset:
+                  shuffle=True, train=True, tokenizer=None) -> grain.MapDataset:
     """Example k of the global training order (a MapDataset; infinite unless num_epochs)."""
     streams = []
     for k, (name, _) in enumerate(mixture):
@@ -129,12 +132,13 @@ def global_stream(mixture, *, data_dir, split, spec, seed, image_options, num_ep
         if not dataset.random_access:
             raise ConfigError(f"dataset {name!r} is streamed; a mixture or a process-independent "
                               f"order needs random access (build it with `mmjax data build`)")
-        stream = grain.MapDataset.source(dataset.source(data_dir, split))
+        source = dataset.source(data_dir, split)
+        stream = grain.MapDataset.source(source)
         if shuffle:
             stream = stream.shuffle(seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
         stream = stream.repeat(num_epochs)
-        streams.append(_Examples(stream, example_ops(dataset, spec, image_options, train),
-                                 (seed, k), name))
+        streams.append(_Examples(stream, example_ops(dataset, spec, image_options, train, source,
+                                                     tokenizer), (seed, k), name))
     if len(streams) == 1:
         return streams[0]
     return grain.MapDataset.mix(streams, [w for _, w in mixture])
@@ -216,7 +220,8 @@ def batches(train, *, data_dir, split, spec, tokenizer, batch_size, seed, image_
                                image_options=image_options, num_epochs=num_epochs,
                                process_index=process_index, process_count=process_count)
     stream = global_stream(mixture, data_dir=data_dir, split=split, spec=spec, seed=seed,
-                           image_options=image_options, num_epochs=num_epochs, shuffle=shuffle)
+                           image_options=image_options, num_epochs=num_epochs, shuffle=shuffle,
+                           tokenizer=tokenizer)
     if pack:
         if set(spec) != {'text'}:
             raise ConfigError(f"data.pack packs text-only batches; this task's batch has "
@@ -323,11 +328,11 @@ def eval_batches(name, *, data_dir, split, spec, tokenizer, batch_size, process_
     image_options = image_options or images.ImageOptions()
     dataset = sources.get(name, data_dir)
     _check_features(dataset, name, spec)
-    ops = example_ops(dataset, spec, image_options, train=False)
+    source = dataset.source(data_dir, split) if dataset.random_access else None
+    ops = example_ops(dataset, spec, image_options, train=False, source=source, tokenizer=tokenizer)
     collate = transforms.Collate(spec, tokenizer, image_options)
     batch_size = math.ceil(batch_size / pad_to) * pad_to
     if dataset.random_access:
-        source = dataset.source(data_dir, split)
         wanted = range(len(source)) if rows is None else rows
         total = len(wanted)
         indices = wanted[process_index::process_count]

@@ -110,7 +110,7 @@ class Collate:
                     raise ValueError(f'images are {stacked.shape[1:]}, the model takes {s.shape}: '
                                      f'data.image_size / data.image_channels disagree with the task')
                 out[key] = images.normalise(stacked, self.image_options).astype(s.dtype)
-            elif key == 'text':
+            elif key == 'text' and isinstance(examples[0]['text'], str):   # else tokenised (pairs)
                 out[key] = self.tokenizer.encode([e['text'] for e in examples], s.shape[0])
             elif key == 'captions':  # [b, K, L]: each example's first K captions, zero rows after
                 out[key] = np.zeros((len(examples), *s.shape), s.dtype)

@@ -1,4 +1,4 @@
-"""BERT-style masked language model: text encoder + MLM head tied to the word embeddings."""
+"""BERT-style pre-training models: text encoder + MLM head tied to the word embeddings (+ NSP)."""
 
 import flax.linen as nn
 import jax
@@ -73,4 +73,53 @@ class BertMlm(nn.Module):
 
     def encode(self, tokens, token_types=None):
         """Sequence features [b, l, e] (for sentence embeddings and parity tests)."""
+        return self.text(tokens, token_types)[1]
+
+
+class NspHead(nn.Module):
+    """[CLS] features [b, e] -> BERT's pooler (dense + tanh) -> 2 logits [b, 2]: index 0 "B
+    follows A", 1 "B is random" (transformers' `seq_relationship` order)."""
+
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, cls_features):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = cls_features.shape[-1]
+        pooled = jnp.tanh(nn.Dense(width, name="pooler", **kw,
+                                   kernel_init=logical(normal_init(0.02), ("embed", "mlp")),
+                                   bias_init=logical(nn.initializers.zeros, ("mlp",)))(cls_features))
+        return nn.Dense(2, name="nsp", **kw,
+                        kernel_init=logical(normal_init(0.02), ("mlp", None)),
+                        bias_init=logical(nn.initializers.zeros, (None,)))(pooled)
+
+
+class BertPreTraining(nn.Module):
+    """BERT's two pre-training heads on one pass (transformers' `BertForPreTraining`):
+    pair rows [b, l], positions to predict [b, m], segment ids [b, l] -> (MLM logits
+    [b, m, vocab], NSP logits [b, 2]). The last layer runs at [CLS] and the m positions only."""
+
+    text: TextTransformer
+    head: MlmHead
+    nsp_head: NspHead
+
+    def __call__(self, tokens, positions, token_types=None):
+        select = jnp.concatenate([jnp.zeros_like(positions[:, :1]), positions], axis=1)
+        hidden = self.text.at_positions(tokens, select, token_types)     # [b, 1 + m, e]
+        return (self.head(hidden[:, 1:], self.text.word_embeddings()),
+                self.nsp_head(hidden[:, 0]))
+
+    def mlm_logits(self, tokens, positions, token_types=None):
+        """Vocabulary logits [b, m, vocab] at `positions` (the name every MLM model shares)."""
+        hidden = self.text.at_positions(tokens, positions, token_types)
+        return self.head(hidden, self.text.word_embeddings())
+
+    def nsp_logits(self, tokens, token_types):
+        """Next-sentence logits [b, 2] of pair rows (the last layer at [CLS] only)."""
+        select = jnp.zeros((tokens.shape[0], 1), jnp.int32)
+        return self.nsp_head(self.text.at_positions(tokens, select, token_types)[:, 0])
+
+    def encode(self, tokens, token_types=None):
+        """Sequence features [b, l, e]."""
         return self.text(tokens, token_types)[1]

@@ -1,0 +1,36 @@
+"""Smoke MLM + NSP: a small BERT learns masked tokens and next-sentence prediction on real
+English prose on a CPU (BERT's original pre-training, task 'mlm+nsp').
+
+  mmjax train --config configs/smoke_nsp.py
+
+Data: the built-in prose (Python's pydoc topics and Shakespeare's plays in ~48-word chunks,
+every 20th held out) as sentence pairs: each chunk is cut at a sentence end into A and B; half
+the time B is swapped for as many words of another chunk (mmjax/data/sentence_pairs.py).
+Tokenizer: WordPiece (8,192) trained on the training split. Hardware: 2 CPU cores.
+
+Measured 2026-12-04 (2,000 steps; 42 min on a 2-core box shared with ~7 other runs): held-out
+NSP accuracy 0.644 on the 1,010 test pairs (majority answer 0.512; 0.512 at steps 500 and 1000,
+0.615 at 1500), masked-token accuracy 0.140 (most frequent token 0.066). The issue's bar, NSP
+>= 0.75, is NOT reached: with context_length=64, max_predictions=10 and 4,000 steps NSP is
+0.647. The pairs are hard on this data: ~93% of it is Shakespeare, so a random B is mostly
+another play's ~24 words, and a bag-of-words logistic regression on (A, B, A*B) reaches 0.59
+held out. Reaching the bar needs longer training (NSP still climbs at the end) or longer pairs.
+"""
+
+from mmjax.config import defaults
+
+
+def get_config():
+    c = defaults()
+    c.task = "mlm+nsp"
+    c.data.update(train="prose", tokenizer="wordpiece")
+    c.model.scan = False  # 2 layers: unrolled runs faster on CPU
+    c.model.text.update(vocab_size=8192, context_length=128, width=128, depth=2, num_heads=4,
+                        mlp_dim=512, causal=False, pool="first", pre_norm=False, embed_norm=True,
+                        final_norm=False, type_vocab_size=2, norm_eps=1e-12)
+    c.model.mlm.update(max_predictions=20)
+    c.train.update(steps=2000, batch_size=32, log_every=100, eval_every=1000, checkpoint_every=1000)
+    c.optim.update(lr=1.5e-3, warmup_steps=50, weight_decay=0.01, b2=0.999)
+    c.evals.mlm = dict(type="mlm", dataset="prose", split="test")
+    c.evals.nsp = dict(type="nsp", dataset="prose", split="test")
+    return c
