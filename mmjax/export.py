@@ -1,5 +1,5 @@
-"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT / GPT-2) and
-import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
+"""Export a run's parameters (params-only orbax, safetensors, open_clip, transformers BERT / GPT-2 /
+ELECTRA) and import such weights as a new run's step-0 checkpoint, ready for `mmjax eval` and `mmjax train`."""
 
 import json
 import logging
@@ -17,13 +17,13 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, hf_gpt2, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_electra, hf_gpt2, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2}
+FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_electra": hf_electra}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -132,7 +132,8 @@ def load_safetensors(path):
 
 
 # The towers each reference family holds: with learned position tables only.
-LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",)}
+LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",),
+                          "hf_electra": ("text",)}
 
 
 def check_positions(family, config):
@@ -217,7 +218,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
         save_safetensors(out, config, params, tokenizer.vocab_text() if tokenizer else "")
     else:
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
-    if tokenizer and fmt in ("hf_bert", "hf_gpt2"):   # AutoTokenizer reads what they write
+    if tokenizer and fmt in ("hf_bert", "hf_gpt2", "hf_electra"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
     if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(vocab_lib.vocab_path(out))
