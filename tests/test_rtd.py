@@ -22,6 +22,9 @@ from mmjax.train.step import Traced, make_loss_fn
 from tiny_configs import TOKENIZER, tiny_config
 
 
+SMOKE_RTD = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_rtd.py")
+
+
 def rtd_config(**rtd):
     c = tiny_config("rtd")
     c.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2,
@@ -135,10 +138,9 @@ def test_exported_electra_gives_transformers_logits(tmp_path, generator_width):
     for ours, theirs in ((ours_d, theirs_d), (ours_g, theirs_g)):
         assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= 1e-4
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
-    # ... and back: the same params from the two directories
-    ref_config, loaded = hf_electra.load(str(tmp_path / "electra"))
-    back, fresh = export._reference_params("hf_electra", hf_electra.mmjax_config(ref_config, config), loaded)
-    assert fresh == []
+    # ... and back (`mmjax import`): the same model and params from the two directories
+    imported, back, fresh = export.load("hf_electra", str(tmp_path / "electra"), SMOKE_RTD)
+    assert fresh == [] and generator_sizes(imported.model) == g
     a, b = layout.canonical(layout.flatten(back)), layout.canonical(layout.flatten(params))
     assert sorted(a) == sorted(b) and all(np.array_equal(a[n], b[n]) for n in a)
 
@@ -184,7 +186,7 @@ def test_smoke_rtd_discriminator_beats_the_always_original_baseline(tmp_path):
     from conftest import run_mmjax
     workdir, out = str(tmp_path / "run"), tmp_path / "electra"
     run_mmjax("train", "--workdir", workdir, "--data_dir", str(tmp_path / "data"),
-              "--config", os.path.join(os.path.dirname(__file__), "..", "configs", "smoke_rtd.py"))
+              "--config", SMOKE_RTD)
     records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     final = [r for r in records if "eval/rtd/roc_auc" in r][-1]
     print({k: v for k, v in final.items() if k.startswith("eval/")})
