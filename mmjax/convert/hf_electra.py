@@ -135,6 +135,7 @@ def save(out, hf_config, tensors, config):
 def save_tokenizer(out, tokenizer, max_length):
     """The run's WordPiece tokenizer in both directories (AutoTokenizer loads either)."""
     for part in PARTS:
+        os.makedirs(os.path.join(out, part), exist_ok=True)
         hf_bert.save_tokenizer(os.path.join(out, part), tokenizer, max_length)
 
 
