@@ -75,6 +75,7 @@ def mmjax_config(hf, base):
     as_mlm.task = "mlm"
     config = hf_bert.mmjax_config({**disc, "tie_word_embeddings": True}, as_mlm)
     config.task = "rtd"
+    config.model.text.position = "learned"   # ELECTRA's tables, whatever the base config says
     config.model.rtd.update(generator_width=gen["hidden_size"], generator_depth=gen["num_hidden_layers"],
                             generator_heads=gen["num_attention_heads"],
                             generator_mlp_dim=gen["intermediate_size"])
