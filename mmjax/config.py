@@ -57,6 +57,8 @@ RANGES = {
     "model.mlm.max_predictions": "int [1, inf)",
     "model.mlm.mask_rate": "(0, 1]",
     "model.mlm.weight": "[0, inf)",
+    **{f"model.rtd.generator_{key}": "int [0, inf)" for key in ("width", "depth", "heads", "mlp_dim")},
+    "model.rtd.disc_weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
     "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
@@ -393,6 +395,11 @@ def defaults() -> ml_collections.ConfigDict:
         # MLM: how many positions per sequence are predicted (fixed, for static shapes), the
         # masking rate, and the weight of the MLM term in 'clip+mlm'.
         mlm=dict(max_predictions=20, mask_rate=0.15, weight=1.0),
+        # The 'rtd' task (ELECTRA): the generator's size (0: derived from model.text, see
+        # nn/electra.py generator_sizes: a quarter of its width) and λ in generator MLM +
+        # λ · discriminator BCE (ELECTRA's 50).
+        rtd=dict(generator_width=0, generator_depth=0, generator_heads=0, generator_mlp_dim=0,
+                 disc_weight=50.0),
         # The 'lm' task: output head tied to the token table (GPT-2) or its own; z_loss: the
         # coefficient of PaLM's log(Z)² term (0: off); chunk: the loss runs the head on this
         # many positions at a time, never holding [batch, length, vocab] logits (0: at once).

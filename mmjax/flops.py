@@ -22,6 +22,10 @@ slots (M = model.mlm.max_predictions, padding slots included): transform 2·b·M
 decoder 2·b·M·e·V.
 LM (GPT): every layer at every row (no pruning: every row predicts), the head (tied or
 not) 2·b·L·e·V at all L rows.
+RTD (ELECTRA): the generator (the projection of the shared embeddings E -> g, 2·b·L·E·g,
+when its width g differs; its encoder, last layer at the M slots when pruned; its head at the
+slots, 2·b·M·g·E + 2·b·M·E·V) and the discriminator at all L rows with its head 2·b·L·(e² + e),
+all 3x; the sampling is not counted.
 CLIP: patch embedding 2·b·P·(p²·c)·e (2x, no input gradient), one projection 2·b·e·D per
 tower, logits 2·2·b²·D (the sharded InfoNCE scores image rows and text rows separately);
 the ViT sees P + 1 tokens with a class token.
@@ -89,3 +93,13 @@ def lm_train_flops(b, text):
     L = text.context_length
     return 3 * (encoder_forward(b, L, text.width, text.mlp_dim, text.depth)
                 + 2 * b * L * text.width * text.vocab_size)
+
+
+def rtd_train_flops(b, text, generator, max_predictions, prune=True):
+    """ELECTRA step: `generator` ({width, depth, num_heads, mlp_dim}) at the M masked slots
+    (last layer pruned to them when `prune`) and the discriminator `text` tower at every row."""
+    L, e, g, m = text.context_length, text.width, generator["width"], max_predictions
+    gen = (encoder_forward(b, L, g, generator["mlp_dim"], generator["depth"], m if prune else None)
+           + (2 * b * L * e * g if g != e else 0) + 2 * b * m * g * e + 2 * b * m * e * text.vocab_size)
+    disc = encoder_forward(b, L, e, text.mlp_dim, text.depth) + 2 * b * L * (e * e + e)
+    return 3 * (gen + disc)

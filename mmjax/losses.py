@@ -239,6 +239,28 @@ def mlm_loss(logits, labels, weights):
     return loss, metrics
 
 
+def replaced_token_loss(logits, labels, weights):
+    """ELECTRA's discriminator loss: weighted binary cross-entropy, one logit per token.
+
+    Args:
+      logits: [b, l] (any float dtype), > 0 means "replaced".
+      labels: [b, l] 1 where the token was replaced, 0 where it is the original.
+      weights: [b, l] float, 1 for a real (non-padding) token, 0 elsewhere.
+
+    Returns:
+      (loss, metrics): loss = Σ w·bce / max(Σ w, 1) in float32; metrics: 'rtd_accuracy'
+      (weighted, logit > 0 vs label), 'rtd_replaced' (the weighted fraction replaced).
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    labels = jnp.asarray(labels, jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    bce = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+    denom = jnp.maximum(weights.sum(), 1.0)
+    correct = ((logits > 0) == (labels > 0)).astype(jnp.float32)
+    return jnp.sum(weights * bce) / denom, {'rtd_accuracy': jnp.sum(weights * correct) / denom,
+                                            'rtd_replaced': jnp.sum(weights * labels) / denom}
+
+
 def next_token_loss(logits, tokens, weights, z_loss=0.0):
     """Causal-LM cross-entropy: row i of logits predicts token i + 1.
 

@@ -66,13 +66,15 @@ class Registry:
 
 TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
                           "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify",
-                          "lm": "mmjax.tasks.lm", "mlm+nsp": "mmjax.tasks.mlm_nsp"})
+                          "lm": "mmjax.tasks.lm", "mlm+nsp": "mmjax.tasks.mlm_nsp",
+                          "rtd": "mmjax.tasks.rtd"})
 DATASETS = Registry("dataset", {name: "mmjax.data.sources"
                                 for name in ("digit_captions", "prose", "play_genres")})
 EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "retrieval": "mmjax.eval.retrieval",
                                     "mlm": "mmjax.eval.mlm",
                                     "lm": "mmjax.eval.lm",
+                                    "rtd": "mmjax.eval.rtd",
                                     "classify": "mmjax.eval.classify",
                                     "linear_probe": "mmjax.eval.linear_probe",
                                     "nsp": "mmjax.eval.nsp"})

@@ -79,23 +79,29 @@ class TextTransformer(nn.Module):
         """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n].
         `mask` [b, l, l]: the (query, key) pairs allowed besides causality (packed documents)."""
         o = self.opts
-        length = tokens.shape[1]
+        x = self.embed(tokens, token_types)
         rope = None
+        if o.position == "rotary":   # no table; every layer rotates queries and keys by these angles
+            rope = positions.rotary_1d(tokens.shape[1], o.width // o.num_heads, o.rope_base)
+        padding_mask = mask if mask is not None else None if o.causal else tokens != o.pad_id
+        x = self.encoder(x, padding_mask, select, rope)
+        return self.ln_final(x) if o.final_norm else x
+
+    def embed(self, tokens, token_types=None):
+        """The encoder's input [b, l, width]: token (+ position table) (+ type) embeddings,
+        normed when `embed_norm` (ELECTRA's generator reads the discriminator's)."""
+        o = self.opts
+        length = tokens.shape[1]
         if o.position == "learned":
             x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
         elif o.position == "sinusoidal":   # tokens x sqrt(width), see setup
             x = (self.token_embed(tokens) * jnp.sqrt(o.width).astype(o.dtype)
                  + jnp.asarray(positions.sinusoid_1d(length, o.width), o.dtype))
-        else:   # rotary: no table; every layer rotates queries and keys by these angles
+        else:   # rotary: the angles are the encoder's (see `features`)
             x = self.token_embed(tokens)
-            rope = positions.rotary_1d(length, o.width // o.num_heads, o.rope_base)
         if o.type_vocab_size:
             x = x + self.type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
-        if o.embed_norm:
-            x = self.ln_embed(x)
-        padding_mask = mask if mask is not None else None if o.causal else tokens != o.pad_id
-        x = self.encoder(x, padding_mask, select, rope)
-        return self.ln_final(x) if o.final_norm else x
+        return self.ln_embed(x) if o.embed_norm else x
 
     def pool_positions(self, tokens):
         """The one position [b, 1] that pooling reads ('eot': `eot_positions`; 'first': 0;

@@ -1,0 +1,40 @@
+"""Smoke RTD (ELECTRA): a small generator and discriminator learn replaced-token detection on
+real English prose on a CPU.
+
+  mmjax train --config configs/smoke_rtd.py
+
+Data: smoke_mlm's (pydoc_data + Shakespeare in ~48-word chunks, every 20th held out;
+WordPiece 8,192). Model: smoke_mlm's BERT tower as the discriminator (width 128, 2 layers),
+with rotary positions; the generator a quarter of its width (32, one head, MLP 128, 2 layers),
+the embeddings shared. Masking: BERT's 80/10/10 at 15% (`model.mlm`); loss = generator MLM +
+50 x discriminator BCE. Hardware: 2 CPU cores. Bar (tests/test_rtd.py, acceptance): held-out
+discriminator accuracy above the always-"original" baseline and ROC-AUC >= 0.8.
+
+Measured 2026-12-04 on a heavily shared 2-core machine (~1.2-2 s/step): with learned
+positions 1,000 steps left the discriminator at the prior (accuracy = baseline 0.864, ROC-AUC
+0.55); rotary positions (which also learn the smoke MLM fastest, README) at 1,000 steps:
+accuracy 0.872 vs 0.866, ROC-AUC 0.728; resumed to 2,000 steps (the cosine restarted at
+step 1,000, so not quite this file's schedule): accuracy 0.874 vs 0.869, ROC-AUC 0.742, the
+generator's masked-token accuracy 0.184. The issue's bar of ROC-AUC >= 0.8 is NOT met yet; a weaker generator and more replacements
+(generator_width=16, mask_rate=0.25, 1,000 steps) did worse: 0.778 vs 0.764, ROC-AUC 0.693. `mmjax export --format hf_electra` holds learned positions only: train with
+--config.model.text.position=learned to export this run to transformers.
+"""
+
+from mmjax.config import defaults
+
+
+def get_config():
+    c = defaults()
+    c.task = "rtd"
+    c.data.update(train="prose", tokenizer="wordpiece")
+    c.model.scan = False  # 2 layers: unrolled runs faster on CPU
+    c.model.text.update(vocab_size=8192, context_length=64, width=128, depth=2, num_heads=4,
+                        mlp_dim=512, causal=False, pool="first", pre_norm=False, embed_norm=True,
+                        final_norm=False, type_vocab_size=2, norm_eps=1e-12, position="rotary")
+    c.model.mlm.update(max_predictions=10)
+    c.model.rtd.update(disc_weight=50.0)
+    c.train.update(steps=2000, batch_size=32, log_every=100, eval_every=1000, checkpoint_every=1000)
+    c.optim.update(lr=1.5e-3, warmup_steps=50, weight_decay=0.01, b2=0.999)
+    c.evals.rtd = dict(type="rtd", dataset="prose", split="test")
+    c.evals.mlm = dict(type="mlm", dataset="prose", split="test")   # the generator's
+    return c
