@@ -1,0 +1,145 @@
+"""Sampling (mmjax.generate): the cached sampler against recomputing the whole prefix, the
+filters against numpy, greedy decoding against transformers' GPT-2 `generate`, the stop at
+end-of-text, the sharded sampler against one device's, and `mmjax sample`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import generate as gen
+from mmjax.train.setup import setup
+from test_lm import TOKENIZER, _init, _to_gpt2, lm_config
+
+KEY = jax.random.PRNGKey(4)
+
+
+def right_padded(lengths, width, seed=0):
+    """Prompts [b, width]: a start token then random ids, padded with 0; and lengths [b]."""
+    rng = np.random.default_rng(seed)
+    prompts = np.zeros((len(lengths), width), np.int32)
+    for i, n in enumerate(lengths):
+        prompts[i, :n] = [2, *rng.integers(5, 64, n - 1)]
+    return prompts, np.asarray(lengths, np.int32)
+
+
+def recomputed(model, params, prompts, lengths, new, eos_id=None, **filters):
+    """The reference: every step runs the whole model over the prefix (right-padded to
+    prompt + new rows; causal, so the padding changes nothing before it) and draws the next
+    token of each row with `next_tokens` and step t's key; a row that ended is padded."""
+    b, width = prompts.shape
+
+    @jax.jit
+    def step(seq, t):
+        logits = model.apply({"params": params}, seq, method="lm_logits")
+        rows = logits[jnp.arange(b), lengths + t - 1]
+        return gen.next_tokens(rows, jax.random.fold_in(KEY, t), **filters)
+
+    seq = np.zeros((b, width + new), np.int32)
+    seq[:, :width] = prompts
+    out, done = np.zeros((b, new), np.int32), np.zeros(b, bool)
+    for t in range(new):
+        token = np.where(done, 0, np.asarray(step(seq, t)))
+        out[:, t] = token
+        seq[np.arange(b), lengths + t] = token
+        if eos_id is not None:
+            done |= token == eos_id
+    return out
+
+
+@pytest.mark.parametrize("position,scan,tie,pre_norm", [
+    ("learned", False, True, True), ("rotary", True, False, True), ("sinusoidal", True, True, False)])
+def test_cached_sampling_equals_recomputing_the_prefix(position, scan, tie, pre_norm):
+    config = lm_config(context=20, tie=tie, scan=scan, position=position, pre_norm=pre_norm)
+    _, model, params = _init(config, seed=1, scale=0.3)
+    prompts, lengths = right_padded([3, 8, 5], 8)
+    filters = dict(temperature=1.0, top_k=20, top_p=0.9)
+    got = np.asarray(gen.sampler(model, 12, None)(params, prompts, lengths, KEY, *filters.values()))
+    want = recomputed(model, params, prompts, lengths, 12, **filters)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > 6   # draws, not one token repeated
+
+
+def numpy_filter(logits, temperature, top_k, top_p):
+    """Row by row: divide by the temperature; drop what is below the k-th largest; sort what
+    is left by probability and keep tokens while the mass before them is under top_p."""
+    out = np.asarray(logits, np.float64) / (temperature or 1.0)
+    for row in out:
+        if top_k:
+            row[row < np.sort(row)[::-1][top_k - 1]] = -np.inf
+        p = np.exp(row - row.max())
+        p /= p.sum()
+        order = np.argsort(-p)
+        before = 0.0
+        for i in order:
+            if before >= top_p:
+                row[i] = -np.inf
+            before += p[i]
+    return out
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6),
+                                                     (0.5, 12, 0.8), (1.0, 1, 0.5), (2.0, 0, 0.05)])
+def test_top_k_and_top_p_filters_equal_numpy(temperature, top_k, top_p):
+    logits = np.random.default_rng(top_k).normal(0, 2, (4, 50)).astype(np.float32)
+    got = np.asarray(gen.filter_logits(jnp.asarray(logits), temperature, top_k, top_p))
+    want = numpy_filter(logits, temperature, top_k, top_p)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_allclose(got[~np.isinf(got)], want[~np.isinf(want)], rtol=1e-6)
+    drawn = np.stack([np.asarray(gen.next_tokens(jnp.asarray(logits), jax.random.PRNGKey(s), temperature,
+                                                 top_k, top_p)) for s in range(20)])
+    assert np.isfinite(np.take_along_axis(want, drawn.T, axis=1)).all()   # only kept tokens drawn
+    greedy = gen.next_tokens(jnp.asarray(logits), KEY, 0.0, top_k, top_p)
+    np.testing.assert_array_equal(greedy, logits.argmax(-1))
+
+
+def test_greedy_continuation_equals_transformers_gpt2_generate(tmp_path):
+    import torch
+    config = lm_config(context=40, tie=False, scan=True)
+    _, model, params = _init(config, seed=1, scale=0.3)
+    reference = _to_gpt2(config, params, tmp_path / "gpt2")
+    prompts, lengths = right_padded([8, 5], 8, seed=3)
+    got = np.asarray(gen.sampler(model, 32, None)(params, prompts, lengths, KEY, 0.0, 0, 1.0))
+    for row, n in enumerate(lengths):   # transformers: each prompt alone, no padding
+        ids = torch.from_numpy(prompts[row:row + 1, :n].astype(np.int64))
+        theirs = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                    max_new_tokens=32, min_new_tokens=32, pad_token_id=0)
+        assert got[row].tolist() == theirs[0, n:].tolist()
+    assert len(np.unique(got)) > 4
+
+
+def test_each_row_stops_at_its_first_end_token():
+    config = lm_config(context=24, tie=True)
+    _, model, params = _init(config, seed=2, scale=0.3)
+    prompts, lengths = right_padded([4, 6, 2], 6, seed=5)
+    free = np.asarray(gen.sampler(model, 16, None)(params, prompts, lengths, KEY, 0.9, 0, 1.0))
+    eos = int(free[0, 5])      # row 0 ends there; the others where (and if) they draw it
+    stopped = np.asarray(gen.sampler(model, 16, eos, pad_id=99)(params, prompts, lengths, KEY, 0.9, 0, 1.0))
+    for row, got in zip(free, stopped):
+        hits = np.flatnonzero(row == eos)
+        end = hits[0] + 1 if len(hits) else 16
+        np.testing.assert_array_equal(got[:end], row[:end])
+        assert (got[end:] == 99).all()
+    assert (stopped[0, 6:] == 99).all() and (stopped[0, :6] != 99).all()
+
+
+def test_sampling_on_a_3d_mesh_gives_one_device_tokens():
+    """8 simulated devices, data 2 x fsdp 2 x tensor 2: the same tokens as one device."""
+    prompts, lengths = right_padded([3, 8, 5, 2, 7, 4, 6, 1 + 1], 8, seed=7)
+
+    def tokens(shape):
+        config = lm_config(context=20, tie=False, scan=True, position="rotary")
+        config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
+        run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:int(np.prod(shape))])
+        params = run.init_state().params
+        assert len(params["lm_head"].sharding.device_set) == int(np.prod(shape))
+        batch = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+        fn = gen.sampler(run.model, 10, TOKENIZER.eos_id)
+        with gen.on_mesh(run.mesh, run.rules):
+            sharded = [jax.device_put(x, batch) for x in (prompts, lengths)]
+            out = fn(params, *sharded, KEY, 1.5, 0, 1.0)
+        return np.asarray(jax.device_get(out))
+
+    one, eight = tokens((1, 1, 1)), tokens((2, 2, 2))
+    np.testing.assert_array_equal(eight, one)
+    assert len(np.unique(one)) > 6
