@@ -143,3 +143,51 @@ def test_sampling_on_a_3d_mesh_gives_one_device_tokens():
     one, eight = tokens((1, 1, 1)), tokens((2, 2, 2))
     np.testing.assert_array_equal(eight, one)
     assert len(np.unique(one)) > 6
+
+
+@pytest.fixture(scope="module")
+def lm_workdir(tmp_path_factory):
+    """A tiny smoke_lm-shaped run (WordPiece on the prose) written as a step-0 checkpoint with
+    random weights of std 0.3 (clear argmaxes): (workdir, data_dir). No training."""
+    from conftest import made_once
+    from mmjax import config as config_lib
+    from mmjax import export
+    from mmjax.convert import layout
+    from mmjax.data import builders
+    data_dir = str(made_once(tmp_path_factory, "lm_prose", lambda folder: builders.prepare("prose", str(folder))))
+    config = config_lib.load("configs/smoke_lm.py")
+    config.model.text.update(context_length=16, width=16, depth=1, num_heads=2, mlp_dim=32)
+    shapes = layout.flatten(setup(config, data_dir=data_dir, devices=jax.devices()[:1]).abstract_state.params)
+    rng = np.random.default_rng(0)
+    params = {name: (1.0 if name.endswith("/scale") else 0.0) + rng.normal(0, 0.3, x.shape).astype(np.float32)
+              for name, x in shapes.items()}
+    workdir = str(tmp_path_factory.mktemp("lm_run") / "run")
+    export.write_workdir(config, layout.unflatten(params), workdir, data_dir)
+    return workdir, data_dir
+
+
+def test_sample_command_prints_the_greedy_continuation(lm_workdir, capsys):
+    """`mmjax sample --temperature 0`: the text of the full model's argmax, recomputed over the
+    whole prefix each step, up to the end token."""
+    from mmjax import cli, export
+    from mmjax.data import vocab
+    workdir, data_dir = lm_workdir
+    prompt = "to be or not to be"
+    assert cli.main(["sample", "--workdir", workdir, "--data_dir", data_dir, "--prompt", prompt,
+                     "--temperature", "0", "--max_new_tokens", "8"]) == 0
+    printed = capsys.readouterr().out.strip()
+    config, _, params = export.read_checkpoint(workdir)
+    tok = vocab.run_tokenizer(config, data_dir, workdir, write=False)
+    from mmjax import tasks
+    model = tasks.get(config, tok).build_model()
+    seq = [tok.bos_id, *tok.ids([prompt])[0]]
+    apply = jax.jit(lambda t: model.apply({"params": params}, t, method="lm_logits"))
+    new = []
+    while len(new) < 8 and tok.eos_id not in new:
+        row = np.array([seq + new + [0] * (16 - len(seq) - len(new))], np.int32)
+        new.append(int(np.argmax(np.asarray(apply(row))[0, len(seq) + len(new) - 1])))
+    want = tok.decode([i for i in new if i != tok.eos_id])
+    assert printed == want and want
+    assert cli.main(["sample", "--workdir", workdir, "--data_dir", data_dir, "--prompt", prompt * 3,
+                     "--max_new_tokens", "8"]) == 2
+    assert "context_length=16" in capsys.readouterr().err
