@@ -171,7 +171,9 @@ def generate_text(model, params, tokenizer, texts, *, max_new_tokens=32, tempera
         cache[key] = sampler(model, max_new_tokens, eos, tokenizer.pad_id, out)
     with on_mesh(mesh, rules):
         if mesh is not None:
-            prompts, lengths = (jax.device_put(x, sharding.batch_sharding(mesh)) for x in (prompts, lengths))
+            prompts, lengths = (jax.make_array_from_callback(x.shape, sharding.batch_sharding(mesh),
+                                                             lambda index, x=x: x[index])
+                                for x in (prompts, lengths))   # every process holds them whole
         tokens = cache[key](params, prompts, lengths, jax.random.PRNGKey(seed), temperature, top_k, top_p)
     tokens = np.asarray(jax.device_get(tokens))[:len(texts)]
     return [tokenizer.decode(_until(row, eos)) for row in tokens]

@@ -73,5 +73,6 @@ EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "retrieval": "mmjax.eval.retrieval",
                                     "mlm": "mmjax.eval.mlm",
                                     "lm": "mmjax.eval.lm",
+                                    "samples": "mmjax.eval.samples",
                                     "classify": "mmjax.eval.classify",
                                     "linear_probe": "mmjax.eval.linear_probe"})

@@ -191,3 +191,47 @@ def test_sample_command_prints_the_greedy_continuation(lm_workdir, capsys):
     assert cli.main(["sample", "--workdir", workdir, "--data_dir", data_dir, "--prompt", prompt * 3,
                      "--max_new_tokens", "8"]) == 2
     assert "context_length=16" in capsys.readouterr().err
+
+
+def _events(folder):
+    """The Event protos of the TensorBoard files under `folder` (TFRecord framing)."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+            i += 12 + n + 4
+    return out
+
+
+def test_samples_evaluator_reports_the_seeded_continuations_as_text(lm_workdir, tmp_path):
+    """On a 2-device mesh: the continuations `mmjax.load(W).generate` gives (one device) for
+    the same seed; the metric writer puts them in metrics.jsonl and TensorBoard text."""
+    import json
+    import mmjax
+    from mmjax import export
+    from mmjax.eval.samples import Samples
+    from mmjax.metrics import MetricWriter
+    workdir, data_dir = lm_workdir
+    config, _, params = export.read_checkpoint(workdir)
+    run = setup(config, data_dir=data_dir, workdir=workdir, devices=jax.devices()[:2])
+    params = jax.device_put(params, run.state_shardings.params)
+    prompts = ("to be or not", "the function")
+    options = dict(max_new_tokens=6, temperature=0.9, top_k=50, top_p=0.9, seed=3)
+    spec = dict(type="samples", split="test", every=1, batch_size=8, prompts=prompts, **options)
+    got = Samples(run, spec, data_dir).run(params)
+    want = mmjax.load(workdir, data_dir=data_dir).generate(list(prompts), **options)
+    assert got == {f"sample_{i}": f"{p} → {w}" for i, (p, w) in enumerate(zip(prompts, want))}
+    assert any(want)
+    writer = MetricWriter(str(tmp_path), 10)
+    writer.write(5, {f"eval/samples/{k}": v for k, v in got.items()} | {"eval/lm/perplexity": 2.5})
+    writer.close()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["eval/samples/sample_1"] == got["sample_1"] and record["eval/lm/perplexity"] == 2.5
+    texts = {v.tag: v.tensor.string_val[0].decode() for e in _events(tmp_path / "tensorboard")
+             for v in e.summary.value if v.tensor.string_val}
+    assert any(tag.startswith("eval/samples/sample_0") and text == got["sample_0"]
+               for tag, text in texts.items()), texts
