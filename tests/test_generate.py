@@ -48,7 +48,7 @@ def recomputed(model, params, prompts, lengths, new, eos_id=None, **filters):
 
 
 @pytest.mark.parametrize("position,scan,tie,pre_norm", [
-    ("learned", False, True, True), ("rotary", True, False, True), ("sinusoidal", True, True, False)])
+    ("learned", False, True, True), ("rotary", True, False, False)])
 def test_cached_sampling_equals_recomputing_the_prefix(position, scan, tie, pre_norm):
     config = lm_config(context=20, tie=tie, scan=scan, position=position, pre_norm=pre_norm)
     _, model, params = _init(config, seed=1, scale=0.3)
@@ -109,7 +109,7 @@ def test_greedy_continuation_equals_transformers_gpt2_generate(tmp_path):
 
 
 def test_each_row_stops_at_its_first_end_token():
-    config = lm_config(context=24, tie=True)
+    config = lm_config(context=24, tie=True, position="sinusoidal")
     _, model, params = _init(config, seed=2, scale=0.3)
     prompts, lengths = right_padded([4, 6, 2], 6, seed=5)
     free = np.asarray(gen.sampler(model, 16, None)(params, prompts, lengths, KEY, 0.9, 0, 1.0))

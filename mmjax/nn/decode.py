@@ -64,7 +64,7 @@ def forward(model, params, tokens, start, cache: KVCache, context=None):
     x, rope = model.apply({"params": params}, tokens, rows, cache.length,
                           method=lambda m, t, r, n: m.text.embed(t, rows=r, length=n))
     layers = params["text"]["encoder"]
-    block = CachedBlock(o.replace(remat="none"))
+    block = CachedBlock(o)
 
     def layer(x, p, k, v):
         x, (k, v) = block.apply({"params": p}, x, (k, v, start), rope)
