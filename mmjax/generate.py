@@ -109,11 +109,13 @@ def sample(model, params, prompts, lengths, key, *, max_new_tokens: int, eos_id:
 
 def sampler(model, max_new_tokens: int, eos_id: int | None, pad_id: int = 0, out_sharding=None):
     """`sample` jitted for `model`: fn(params, prompts, lengths, key, temperature, top_k,
-    top_p) -> tokens [b, max_new_tokens] (one compile per prompt shape)."""
-    def fn(params, prompts, lengths, key, temperature, top_k, top_p):
+    top_p, context=None) -> tokens [b, max_new_tokens] (one compile per prompt shape).
+    `context`: what each decoding step also attends to (a captioner's image tokens
+    [b, m, width], through nn.decode.forward); None for a causal LM."""
+    def fn(params, prompts, lengths, key, temperature, top_k, top_p, context=None):
         return sample(model, params, prompts, lengths, key, max_new_tokens=max_new_tokens,
                       eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
-                      top_p=top_p)
+                      top_p=top_p, context=context)
     return jax.jit(fn, out_shardings=out_sharding)
 
 

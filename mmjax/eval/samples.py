@@ -51,7 +51,9 @@ class Samples(Evaluator):
         if self.prompts is None:
             self.prompts = self._default_prompts()
         run = self.setup
-        texts = gen.generate_text(run.model, params, run.tokenizer, self.prompts, eos_id=end_id(run.tokenizer),
+        texts = gen.generate_text(run.model, params, run.tokenizer, self.prompts,
+                                  eos_id=end_id(run.tokenizer),
                                   max_length=run.config.model.text.context_length, mesh=run.mesh,
                                   rules=run.rules, cache=self._samplers, **self.options)
-        return {f"sample_{i}": f"{prompt} → {text}" for i, (prompt, text) in enumerate(zip(self.prompts, texts))}
+        return {f"sample_{i}": f"{prompt} → {text}"
+                for i, (prompt, text) in enumerate(zip(self.prompts, texts))}
