@@ -10,7 +10,9 @@ with `mmjax export --format hf_gpt2`. Hardware: 2 CPU cores. Expected: ~6 minute
 (600 steps at ~1.8 steps/s plus ~30 s of start-up, data, vocabulary and compiles; 8 min 48 s
 measured on 2026-12-03 with tests running beside it), held-out perplexity ~241 next to the
 unigram model's ~640 (`eval/lm/perplexity`, `eval/lm/unigram_perplexity`): at most half of
-it (tests/test_lm.py, slow); next-token accuracy ~0.12.
+it (tests/test_lm.py, slow); next-token accuracy ~0.12. `eval/samples/sample_<i>`: three seeded
+continuations of fixed prompts (metrics.jsonl, TensorBoard text); `mmjax sample --workdir
+runs/smoke_lm --prompt "To be"` continues your own.
 """
 
 from mmjax.config import defaults
@@ -28,4 +30,7 @@ def get_config():
     c.train.update(steps=600, batch_size=32, log_every=100, eval_every=600, checkpoint_every=600)
     c.optim.update(lr=2e-3, warmup_steps=50, weight_decay=0.01, b2=0.99)
     c.evals.lm = dict(type="lm", dataset="prose", split="test")
+    c.evals.samples = dict(type="samples", dataset="prose", split="test", seed=0, max_new_tokens=24,
+                           temperature=0.8, prompts=("To be, or not to be", "The function returns",
+                                                     "KING HENRY"))
     return c

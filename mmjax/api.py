@@ -8,7 +8,8 @@
 
 Inputs go through the evaluators' own transforms (resize + centre crop to the model's image
 size and channels, the config's mean/std, its tokenizer), in jitted fixed-size batches on
-the default device (CPU, GPU or TPU). MLM models have `fill_mask(text)` instead.
+the default device (CPU, GPU or TPU). MLM models have `fill_mask(text)` instead; causal
+LMs `generate(prompts, max_new_tokens=32, temperature=1.0, top_k=0, top_p=1.0, seed=0)`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def load(path: str, step: int | None = None, data_dir: str = DEFAULT_DATA_DIR,
 
 class Model:
     """A model with its preprocessing: `encode_image`, `encode_text`, `tokenize`, `preprocess`
-    (CLIP-style models), `fill_mask` (MLM models)."""
+    (CLIP-style models), `fill_mask` (MLM models), `generate` (causal LMs)."""
 
     def __init__(self, config, params, tokenizer, batch_size=64):
         self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size
@@ -60,6 +61,7 @@ class Model:
         self.params = jax.device_put(params)
         self.image_options = image_ops.ImageOptions.from_config(config.data)
         self._eval_image = image_ops.EvalImage(self.image_options)
+        self._samplers = {}
 
     @functools.cache
     def _method(self, name):
@@ -114,3 +116,22 @@ class Model:
             best = np.argsort(-probs)[:top_k]
             out.append([(self.tokenizer.decode([i]) or str(i), float(probs[i])) for i in best])
         return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """The continuation of each prompt sampled from a causal LM (task 'lm'), up to its
+        end-of-text token or `max_new_tokens` tokens (see mmjax.generate): temperature 0 is
+        greedy; top_k 0 and top_p 1 filter nothing; the same seed gives the same text."""
+        from mmjax import generate as gen
+        from mmjax.nn.lm import CausalLM
+        from mmjax.tasks.lm import end_id
+        if not isinstance(self.module, CausalLM):
+            raise ValueError(f"generate needs a causal LM (task 'lm'); this model is task "
+                             f"{self.config.task!r}")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return gen.generate_text(self.module, self.params, self.tokenizer, list(prompts),
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed, eos_id=end_id(self.tokenizer),
+                                 max_length=self.config.model.text.context_length,
+                                 cache=self._samplers)

@@ -1,4 +1,4 @@
-"""Command line: `mmjax train | eval | export | import | verify | data build | compile`.
+"""Command line: `mmjax train | eval | sample | export | import | verify | data build | compile`.
 
 Each command imports what it runs when it runs (jax, orbax, tfds, grain are seconds to
 load), so `mmjax --help` and a config error answer at once: this module imports only the
@@ -69,7 +69,36 @@ def _parser():
     verify.add_argument("--step", type=int, default=None, help="default: every step")
     _data_parser(sub)
     _compile_parser(sub)
+    _sample_parser(sub)
     return parser
+
+
+def _sample_parser(sub):
+    sample = sub.add_parser("sample", help="continue a prompt with WORKDIR's causal LM (task 'lm'): "
+                                           "the continuation on stdout")
+    sample.add_argument("--workdir", required=True, help="a run, or an `mmjax export --format params` dir")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
+    sample.add_argument("--max_new_tokens", type=int, default=32)
+    sample.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    sample.add_argument("--top_k", type=int, default=0, help="0: off")
+    sample.add_argument("--top_p", type=float, default=1.0, help="1: off")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+
+
+def _sample(args):
+    import mmjax
+    try:
+        model = mmjax.load(args.workdir, step=args.step, data_dir=os.path.expanduser(args.data_dir))
+        text, = model.generate([args.prompt], max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               seed=args.seed)
+    except (ValueError, FileNotFoundError, CheckpointError, ConfigError, DataDirError) as e:
+        print(f"mmjax: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
 
 
 def _verify(args):
@@ -222,6 +251,12 @@ def main(argv=None):
         return _data(args)
     if args.command == "compile":
         return _compile(args, overrides)
+    if args.command == "sample":
+        if overrides:
+            print("mmjax: error: sample takes the config saved in WORKDIR; drop the --config.* flags",
+                  file=sys.stderr)
+            return 2
+        return _sample(args)
     if args.command == "verify":
         if overrides:
             print("mmjax: error: verify reads the checkpoints as saved; drop the --config.* flags",

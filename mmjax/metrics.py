@@ -13,7 +13,7 @@ from mmjax import paths
 
 class MetricWriter:
     """Writes one JSON object per logged step / evaluation to WORKDIR/metrics.jsonl and the
-    same scalars to TensorBoard. Only process 0 writes (`enabled=False` elsewhere).
+    same scalars to TensorBoard (strings as TensorBoard text). Only process 0 writes (`enabled=False` elsewhere).
 
     A run resuming at `start_step` first drops the records of later steps (written by a run
     that died after its last checkpoint; this run writes them again), so the file holds each
@@ -34,7 +34,9 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.write(json.dumps(record) + "\n")
             for key, value in record.items():
-                if key != "step":
+                if isinstance(value, str):   # an evaluator's text (eval/samples)
+                    self.tensorboard.add_text(key, value, step)
+                elif key != "step":
                     self.tensorboard.add_scalar(key, value, step)
         return record
 

@@ -75,6 +75,7 @@ EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "mlm": "mmjax.eval.mlm",
                                     "lm": "mmjax.eval.lm",
                                     "rtd": "mmjax.eval.rtd",
+                                    "samples": "mmjax.eval.samples",
                                     "classify": "mmjax.eval.classify",
                                     "linear_probe": "mmjax.eval.linear_probe",
                                     "nsp": "mmjax.eval.nsp"})

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn.init import logical, normal_init
+from mmjax.nn.kv_cache import write_cache
 from mmjax.nn.linear import linear
 from mmjax.nn.positions import rotate
 
@@ -88,6 +89,9 @@ class Attention(nn.Module):
     come from every row): [b, l, e] -> [b, n, e], the rows the full layer would give there.
     With `rope` [l, d/2] (rotary angles of each row, nn.positions), queries and keys are
     rotated by their rows' angles before the dot product.
+    With `cache` (k, v [b, L, h, d], start [b]: nn.decode), x holds the rows start + 0..l-1
+    of each sequence: their keys and values are written into the cache there, they attend
+    causally to the cache's rows, and the call returns (out, (k, v)).
     """
 
     num_heads: int
@@ -97,7 +101,7 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, padding_mask=None, causal=False, select=None, rope=None):  # x: [b, l, (h d)]
+    def __call__(self, x, padding_mask=None, causal=False, select=None, rope=None, cache=None):  # x: [b, l, (h d)]
         width = x.shape[-1]
         h, d = self.num_heads, width // self.num_heads
         x = x.astype(self.dtype)
@@ -123,8 +127,11 @@ class Attention(nn.Module):
         if rope is not None:
             k = rotate(k, rope)
             q = rotate(q, rope if select is None else jnp.asarray(rope)[select])
+        if cache is not None:
+            k, v, select = write_cache(cache, k, v)
         y = dot_product_attention(q, k, v, padding_mask=padding_mask, causal=causal,
                                   q_positions=select, backend=self.backend)
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"))
         b_out = param("out_bias", (width,), ("embed",), zeros)
-        return linear(y.reshape(y.shape[:2] + (h * d,)), w_out.reshape(h * d, width)) + b_out
+        out = linear(y.reshape(y.shape[:2] + (h * d,)), w_out.reshape(h * d, width)) + b_out
+        return out if cache is None else (out, (k, v))

@@ -111,7 +111,7 @@ class Electra(nn.Module):
 
     def generator_logits(self, tokens, positions, token_types=None):
         """Vocabulary logits [b, m, v] at `positions` [b, m] of (masked) tokens [b, l]."""
-        embedded = self.text.embed(tokens, token_types)
+        embedded, _ = self.text.embed(tokens, token_types)
         return self.generator(embedded, tokens != self.text.opts.pad_id, positions,
                               self.text.word_embeddings())
 

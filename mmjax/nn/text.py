@@ -79,29 +79,39 @@ class TextTransformer(nn.Module):
         """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n].
         `mask` [b, l, l]: the (query, key) pairs allowed besides causality (packed documents)."""
         o = self.opts
-        x = self.embed(tokens, token_types)
-        rope = None
-        if o.position == "rotary":   # no table; every layer rotates queries and keys by these angles
-            rope = positions.rotary_1d(tokens.shape[1], o.width // o.num_heads, o.rope_base)
+        x, rope = self.embed(tokens, token_types)
         padding_mask = mask if mask is not None else None if o.causal else tokens != o.pad_id
         x = self.encoder(x, padding_mask, select, rope)
-        return self.ln_final(x) if o.final_norm else x
+        return self.final(x)
 
-    def embed(self, tokens, token_types=None):
-        """The encoder's input [b, l, width]: token (+ position table) (+ type) embeddings,
-        normed when `embed_norm` (ELECTRA's generator reads the discriminator's)."""
+    def embed(self, tokens, token_types=None, rows=None, length=None):
+        """(the encoder's input [b, n, width], rotary angles or None) of tokens [b, n] at rows
+        [b, n] (None: rows 0..n-1) of a sequence of `length` rows (default n; a decoder's cache
+        length, which sizes the fixed tables). Angles: [n, d/2], or [b, n, d/2] at `rows`. The
+        input is token (+ position table) (+ type) embeddings, normed when `embed_norm`
+        (ELECTRA's generator reads the discriminator's)."""
         o = self.opts
-        length = tokens.shape[1]
+        length = length or tokens.shape[1]
+        at = (lambda table: table[:tokens.shape[1]]) if rows is None else (
+            lambda table: jnp.asarray(table)[rows])
+        rope = None
         if o.position == "learned":
-            x = self.token_embed(tokens) + self.pos_embedding[:length].astype(o.dtype)
+            x = self.token_embed(tokens) + at(self.pos_embedding).astype(o.dtype)
         elif o.position == "sinusoidal":   # tokens x sqrt(width), see setup
             x = (self.token_embed(tokens) * jnp.sqrt(o.width).astype(o.dtype)
-                 + jnp.asarray(positions.sinusoid_1d(length, o.width), o.dtype))
-        else:   # rotary: the angles are the encoder's (see `features`)
+                 + jnp.asarray(at(positions.sinusoid_1d(length, o.width)), o.dtype))
+        else:   # rotary: no table; every layer rotates queries and keys by these angles
             x = self.token_embed(tokens)
+            rope = at(positions.rotary_1d(length, o.width // o.num_heads, o.rope_base))
         if o.type_vocab_size:
             x = x + self.type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
-        return self.ln_embed(x) if o.embed_norm else x
+        if o.embed_norm:
+            x = self.ln_embed(x)
+        return x, rope
+
+    def final(self, x):
+        """The last layer's output [..., width] -> the tower's hidden states (ln_final or not)."""
+        return self.ln_final(x) if self.opts.final_norm else x
 
     def pool_positions(self, tokens):
         """The one position [b, 1] that pooling reads ('eot': `eot_positions`; 'first': 0;

@@ -51,7 +51,7 @@ def evaluate(evals, params):
 
 
 def _summary(results):
-    return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+    return ", ".join(f"{k} {v}" if isinstance(v, (int, str)) else f"{k} {v:.4f}"
                      for k, v in results.items() if k != "step")
 
 
