@@ -147,9 +147,10 @@ def topology_devices(topo):
 
 
 def stand_in_tokenizer(config):
-    """What a train step needs from a tokenizer (the MLM masker's ids), without the data."""
+    """What a train step needs from a tokenizer (the MLM masker's ids, the LM's end of
+    document: BERT's [SEP]), without the data."""
     return types.SimpleNamespace(vocab_size=config.model.text.vocab_size, mask_id=103,
-                                 special_ids=(0, 101, 102, 103))
+                                 special_ids=(0, 101, 102, 103), pad_id=0, eot_id=102)
 
 
 def abstract_batch(run):

@@ -1,6 +1,11 @@
 """Splash attention (nn/splash.py) in Pallas' interpret mode against the einsum attention, whose
 masks are numpy pair masks here: causal, padded and packed, forward and gradients, one
-device and sharded over data x fsdp x tensor; the LM loss with it; its one-line errors."""
+device and sharded over data x fsdp x tensor; the LM loss with it; its one-line errors; and
+(`tpu_compile`, libtpu) 'auto' compiling the Mosaic kernel for a TPU topology."""
+
+import json
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -137,3 +142,37 @@ def test_splash_errors_name_the_fix():
     q, k, v = qkv(length=96)
     with pytest.raises(ValueError, match="multiple of 128"):
         splash.splash_attention(q, k, v, None, True)
+
+
+# Compiled for a v5p-8 (4 chips, batch over data, heads over tensor) in a process of its own
+# (libtpu, compile-only devices): 'auto' from the threshold must be the kernel, forward and
+# backward, and XLA must plan no [l, l] scores.
+TPU_SCRIPT = """
+import json, flax.linen as nn, jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mmjax import aot, sharding
+from mmjax.nn.attention import dot_product_attention
+mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2), aot.topology_devices(aot.parse_topology("v5p-8")))
+b, l, h, d = 4, 4096, 4, 64
+x = jax.ShapeDtypeStruct((b, l, h, d), jnp.bfloat16, sharding=NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")))
+ids = jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
+def loss(q, k, v, ids):
+    out = dot_product_attention(q, k, v, padding_mask=ids, causal=True, backend="auto", splash_min_length=l)
+    return out.astype(jnp.float32).sum()
+with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules()):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, ids)
+compiled = lowered.compile()
+print(json.dumps(dict(kernels=lowered.as_text().count("tpu_custom_call"),
+                      temp_bytes=compiled.memory_analysis().temp_size_in_bytes)))
+"""
+
+
+@pytest.mark.tpu_compile
+def test_auto_compiles_the_splash_kernel_for_a_tpu_topology():
+    proc = subprocess.run([sys.executable, "-c", TPU_SCRIPT], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["kernels"] >= 3                        # forward, dq, dkv Mosaic kernels
+    scores = 2 * 2 * 4096 * 4096 * 4                     # one device's [b, h, l, l] float32
+    assert result["temp_bytes"] < scores / 4, result      # 37 MiB planned (libtpu 0.0.42.1)
