@@ -56,7 +56,8 @@ CASES = {   # name: (causal, mask [b, l] or None)
 def both(q, k, v, causal, mask):
     """(splash, einsum with the numpy pair mask) outputs and their grads of <out, cotangent>."""
     cot = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
-    pairs = None if mask is None else jnp.asarray(pair_mask("padded" if mask.dtype == bool else "packed", mask))
+    kind = None if mask is None else "padded" if mask.dtype == bool else "packed"
+    pairs = None if mask is None else jnp.asarray(pair_mask(kind, mask))
 
     def run(backend, m):
         f = lambda q, k, v: dot_product_attention(q, k, v, padding_mask=m, causal=causal,  # noqa: E731
@@ -152,12 +153,15 @@ import json, flax.linen as nn, jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mmjax import aot, sharding
 from mmjax.nn.attention import dot_product_attention
-mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2), aot.topology_devices(aot.parse_topology("v5p-8")))
+devices = aot.topology_devices(aot.parse_topology("v5p-8"))
+mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2), devices)
 b, l, h, d = 4, 4096, 4, 64
-x = jax.ShapeDtypeStruct((b, l, h, d), jnp.bfloat16, sharding=NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")))
+x = jax.ShapeDtypeStruct((b, l, h, d), jnp.bfloat16,
+                         sharding=NamedSharding(mesh, P(("data", "fsdp"), None, "tensor")))
 ids = jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
 def loss(q, k, v, ids):
-    out = dot_product_attention(q, k, v, padding_mask=ids, causal=True, backend="auto", splash_min_length=l)
+    out = dot_product_attention(q, k, v, padding_mask=ids, causal=True, backend="auto",
+                                splash_min_length=l)
     return out.astype(jnp.float32).sum()
 with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules()):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, ids)

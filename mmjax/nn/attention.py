@@ -22,8 +22,9 @@ def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
     """Bool mask [b | 1, 1, q, k] of the allowed (query, key) pairs, or None when all are.
 
     padding_mask: [b, k], True at real keys; int [b, k], document ids (a query row sees the keys
-    of its own document); or [b, l, k], True at the allowed (query row, key) pairs. causal: a query at position p sees keys <= p, its position
-    being its row (q_positions None) or q_positions [b, q].
+    of its own document); or [b, l, k], True at the allowed (query row, key) pairs. causal: a
+    query at position p sees keys <= p, its position being its row (q_positions None) or
+    q_positions [b, q].
     """
     mask = None if padding_mask is None else _broadcast(padding_mask, q_positions)
     if causal:
