@@ -19,7 +19,6 @@ the batch split as the rules table splits 'batch' (data x fsdp) and the heads as
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
 LANES = 128                 # the kernel's blocks are multiples of this: l must be too
@@ -61,9 +60,10 @@ def segment_ids(mask, batch: int, length: int):
     return mask.astype(jnp.int32), mask.astype(jnp.int32)
 
 
-def block_sizes(length: int) -> sa.BlockSizes:
+def block_sizes(length: int):
     """The same block edge for every kernel (forward, dq, dkv): the largest of BLOCKS that
     divides `length`."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa   # Lazy: Pallas, ~0.5 s
     b = next(b for b in BLOCKS if length % b == 0)
     return sa.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
                          block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
@@ -72,6 +72,7 @@ def block_sizes(length: int) -> sa.BlockSizes:
 def kernel(length: int, heads: int, causal: bool, interpret: bool):
     """The splash kernel for [heads, length, d] queries and keys (its block tables are
     computed in numpy, once per shape: the kernel module caches them)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
     one = sa.CausalMask((length, length)) if causal else sa.FullMask((length, length))
     return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), head_shards=1, q_seq_shards=1,
                               block_sizes=block_sizes(length), interpret=interpret)
@@ -81,6 +82,7 @@ def splash_attention(q, k, v, mask=None, causal=False):
     """Softmax attention of q [b, l, h, d] over k, v [b, l, h, d] -> [b, l, h, d], with the
     mask of `segment_ids` (padding [b, l] bool, document ids [b, l] int, or None) and
     causality; the same as nn.attention.dot_product_attention's einsum form."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
     where = platform()
     if where not in ("tpu", "cpu"):
         raise ValueError(f"model.attention='splash' is the TPU kernel, not for {where}: use "
