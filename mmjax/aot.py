@@ -147,9 +147,10 @@ def topology_devices(topo):
 
 
 def stand_in_tokenizer(config):
-    """What a train step needs from a tokenizer (the MLM masker's ids), without the data."""
+    """What a train step needs from a tokenizer (the MLM masker's ids, the LM's end of
+    document: BERT's [SEP]), without the data."""
     return types.SimpleNamespace(vocab_size=config.model.text.vocab_size, mask_id=103,
-                                 special_ids=(0, 101, 102, 103))
+                                 special_ids=(0, 101, 102, 103), pad_id=0, eot_id=102)
 
 
 def abstract_batch(run):
@@ -247,9 +248,9 @@ def compile_config(config, topology, num_slices=1, mfu=DEFAULT_MFU, log=print):
     set_slices(config, num_slices)
     devices = topology_devices(topo)
     from mmjax.train.setup import setup
-    if config.model.attention in ("auto", "cudnn"):   # 'auto' asks this machine's backend
-        log(f"model.attention={config.model.attention}: compiled with 'xla', what 'auto' "
-            f"picks on a TPU (nn/attention.py)")
+    if config.model.attention == "cudnn":   # 'auto' reads the mesh's platform: the TPU's
+        log("model.attention=cudnn: compiled with 'xla', what 'auto' picks on a TPU below "
+            "model.splash_min_length (nn/attention.py)")
         config.model.attention = "xla"
     run = setup(config, tokenizer=stand_in_tokenizer(config), devices=devices)
     hosts = len({d.process_index for d in devices})

@@ -19,7 +19,7 @@ CHOICES = {
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention": ("auto", "einsum", "xla", "cudnn"),
+    "model.attention": ("auto", "einsum", "xla", "cudnn", "splash"),
     "optim.name": ("adamw", "sgd"),
     "optim.decay": ("cosine", "linear", "constant"),
     "data.tokenizer": ("clip_bpe", "wordpiece", "bpe"),
@@ -43,6 +43,7 @@ RANGES = {
     "seed": "int [0, inf)",
     "model.embed_dim": "int [1, inf)",
     "model.init_logit_bias": "None or (-inf, inf)",
+    "model.splash_min_length": "int [0, inf)",         # 0: 'auto' never picks splash
     **{f"model.{tower}.{key}": "int [1, inf)" for tower in ("image", "text")
        for key in ("width", "depth", "num_heads", "mlp_dim")},
     "model.image.patch_size": "int [1, inf)",
@@ -383,6 +384,9 @@ def defaults() -> ml_collections.ConfigDict:
         # The last layer only at the positions the loss reads (class / EOT token, masked
         # slots): the same outputs, fewer FLOPs; False computes every position (mmjax/flops.py).
         prune_last_layer=True,
+        # 'auto' attention on TPU runs the splash kernel (nn/splash.py: no [l, l] scores) for
+        # sequences of at least this many tokens that are a multiple of 128; 0: never.
+        splash_min_length=2048,
         embed_dim=512, contrastive_loss="infonce", init_logit_bias=None,
         # False: the image tower's pooled features are the embedding (SigLIP's; needs embed_dim
         # = model.image.width), else a learned projection to embed_dim (CLIP's).

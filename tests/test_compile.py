@@ -28,6 +28,7 @@ RECIPES = {
     "recipe_bert_base_512": ("v4-32", "v4-8", 2),
     "recipe_clip_mlm": ("v4-256", "v4-8", 1),
     "recipe_gpu_8xh100": ("v5p-16", "v5p-8", 1),
+    "recipe_lm_2k": ("v5p-32", "v5p-8", 1),
 }
 
 

@@ -8,6 +8,7 @@ from mmjax.nn.init import logical, normal_init
 from mmjax.nn.kv_cache import write_cache
 from mmjax.nn.linear import linear
 from mmjax.nn.positions import rotate
+from mmjax.nn.splash import choose, platform, splash_attention
 
 
 def take_rows(x, positions):
@@ -21,9 +22,10 @@ def take_rows(x, positions):
 def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
     """Bool mask [b | 1, 1, q, k] of the allowed (query, key) pairs, or None when all are.
 
-    padding_mask: [b, k], True at real keys, or [b, l, k], True at the allowed (query row, key)
-    pairs (packed documents). causal: a query at position p sees keys <= p, its position
-    being its row (q_positions None) or q_positions [b, q].
+    padding_mask: [b, k], True at real keys; int [b, k], document ids (a query row sees the keys
+    of its own document); or [b, l, k], True at the allowed (query row, key) pairs. causal: a
+    query at position p sees keys <= p, its position being its row (q_positions None) or
+    q_positions [b, q].
     """
     mask = None if padding_mask is None else _broadcast(padding_mask, q_positions)
     if causal:
@@ -37,29 +39,38 @@ def attention_mask(padding_mask, causal, q_positions, q_length, k_length):
 
 
 def _broadcast(padding_mask, q_positions=None):
-    """padding_mask [b, k] -> [b, 1, 1, k]; a pair mask [b, l, k] -> [b, 1, q, k], its rows at
-    q_positions [b, q] when given."""
+    """padding_mask [b, k] -> [b, 1, 1, k]; a pair mask [b, l, k] or document ids int [b, l]
+    -> [b, 1, q, k], its rows at q_positions [b, q] when given."""
+    if jnp.issubdtype(padding_mask.dtype, jnp.integer):   # document ids
+        return (take_rows(padding_mask, q_positions)[:, :, None] == padding_mask[:, None, :])[:, None]
     if padding_mask.ndim == 2:
         return padding_mask[:, None, None, :]
     return take_rows(padding_mask, q_positions)[:, None]
 
 
 def dot_product_attention(q, k, v, *, padding_mask=None, causal=False, q_positions=None,
-                          backend="auto"):
+                          backend="auto", splash_min_length=0):
     """Softmax attention of q [b, q, h, d] over k, v [b, l, h, d] -> [b, q, h, d].
 
-    padding_mask: [b, l] bool, True where the key is a real token; or [b, l, l], True where
-    query row i may see key j (a token never attends across packed documents).
+    padding_mask: [b, l] bool, True where the key is a real token; [b, l] int, packed document
+    ids (query row i sees key j when their ids are equal: a token never attends across
+    documents, and no [l, l] mask is built on the splash path); or [b, l, l], True where
+    query row i may see key j.
     q_positions: [b, q] int, the positions of the query rows among the keys (a pruned last
     layer queries only the rows the loss reads); None: the queries are the whole sequence.
     backend: 'einsum' is the plain form below (the fastest on CPU for small models);
     'xla' and 'cudnn' go through `jax.nn.dot_product_attention` (cuDNN flash attention on
-    GPU); 'auto' picks 'einsum' on CPU and lets `jax.nn.dot_product_attention` choose elsewhere.
-    Selected queries (q_positions) never use 'cudnn': their mask is explicit, and a flash
-    kernel brings nothing to a handful of query rows.
+    GPU); 'splash' is the Pallas TPU flash kernel (nn/splash.py), which 'auto' picks on TPU
+    from `splash_min_length` keys (0: never); else 'auto' picks 'einsum' on CPU and lets
+    `jax.nn.dot_product_attention` choose elsewhere. Selected queries (q_positions) never use
+    'cudnn' or 'splash': their mask is explicit, and a flash kernel brings nothing to a
+    handful of query rows.
     """
-    if backend == "auto":
-        backend = "einsum" if jax.default_backend() == "cpu" else None
+    backend = choose(backend, k.shape[1], splash_min_length)
+    if backend == "splash" and q_positions is None:
+        return splash_attention(q, k, v, padding_mask, causal)
+    if backend in ("auto", "splash"):
+        backend = "einsum" if platform() == "cpu" else None
     if backend != "einsum":
         if q_positions is None:
             mask = None if padding_mask is None else _broadcast(padding_mask)
@@ -97,6 +108,7 @@ class Attention(nn.Module):
     num_heads: int
     fused_qkv: bool = True
     backend: str = "auto"
+    splash_min_length: int = 0   # 'auto' runs the splash kernel on TPU from this many keys
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -130,7 +142,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v, select = write_cache(cache, k, v)
         y = dot_product_attention(q, k, v, padding_mask=padding_mask, causal=causal,
-                                  q_positions=select, backend=self.backend)
+                                  q_positions=select, backend=self.backend,
+                                  splash_min_length=self.splash_min_length)
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"))
         b_out = param("out_bias", (width,), ("embed",), zeros)
         out = linear(y.reshape(y.shape[:2] + (h * d,)), w_out.reshape(h * d, width)) + b_out

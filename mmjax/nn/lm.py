@@ -40,7 +40,8 @@ class CausalLM(nn.Module):
                                       (o.width, o.vocab_size), o.param_dtype)
 
     def __call__(self, tokens, mask=None):
-        """mask [b, l, l] or None: the document mask of packed rows (`document_mask`)."""
+        """mask: the documents of packed rows, ids [b, l] (`document_ids`) or pairs [b, l, l]
+        (`document_mask`); None: one sequence a row."""
         return self.head(self.hidden(tokens, mask))
 
     def hidden(self, tokens, mask=None):

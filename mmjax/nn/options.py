@@ -12,9 +12,9 @@ import jax.numpy as jnp
 
 # Keys of `config.model` that say how every tower computes, not what it is.
 COMPUTE_KEYS = ("dtype", "param_dtype", "scan", "remat", "attention", "fused_qkv",
-                "prune_last_layer")
+                "prune_last_layer", "splash_min_length")
 # Compute keys newer than some saved configs, with the value those runs behave the same under.
-LATER_KEYS = {"prune_last_layer": True}
+LATER_KEYS = {"prune_last_layer": True, "splash_min_length": 0}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,6 +30,7 @@ class EncoderOptions:
     causal: bool = False
     fused_qkv: bool = True       # one [e, 3, h, d] kernel, or separate q/k/v kernels
     attention: str = "auto"      # backend of nn.attention.dot_product_attention
+    splash_min_length: int = 0   # 'auto' on TPU: the splash kernel from this many keys (0: never)
     scan: bool = True            # params stacked on a leading 'layers' axis
     remat: str = "none"          # 'none' | 'full' | 'dots' | 'dots_no_batch'
     prune_last_layer: bool = True  # the last layer only at the rows the caller reads (exact)

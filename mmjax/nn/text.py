@@ -77,7 +77,8 @@ class TextTransformer(nn.Module):
 
     def features(self, tokens, token_types=None, select=None, mask=None):
         """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n].
-        `mask` [b, l, l]: the (query, key) pairs allowed besides causality (packed documents)."""
+        `mask`: packed documents besides causality, ids int [b, l] (a row sees its own
+        document's) or the allowed (query, key) pairs bool [b, l, l]."""
         o = self.opts
         x, rope = self.embed(tokens, token_types)
         padding_mask = mask if mask is not None else None if o.causal else tokens != o.pad_id

@@ -63,7 +63,7 @@ class Block(nn.Module):
     def __call__(self, x, padding_mask, select=None, rope=None):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
-        attn = Attention(o.num_heads, o.fused_qkv, o.attention, name="attn", **kw)
+        attn = Attention(o.num_heads, o.fused_qkv, o.attention, o.splash_min_length, name="attn", **kw)
         mlp = Mlp(o.mlp_dim, o.activation, name="mlp", **kw)
         ln1 = layer_norm(o.norm_eps, name="ln1", **kw)
         ln2 = layer_norm(o.norm_eps, name="ln2", **kw)

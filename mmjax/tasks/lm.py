@@ -8,7 +8,7 @@ from mmjax import flops
 from mmjax.errors import ConfigError
 from mmjax.losses import chunked_next_token_loss, next_token_loss
 from mmjax.nn import options
-from mmjax.nn.lm import CausalLM, document_mask
+from mmjax.nn.lm import CausalLM, document_ids
 from mmjax.nn.text import TextTransformer
 from mmjax.tasks import TASKS
 from mmjax.tasks.base import ExampleTerm, Task
@@ -33,14 +33,15 @@ def target_weights(tokens, eos_id: int, packed: bool):
 def lm_term(config, tokenizer, model, weight=1.0):
     """The next-token loss on `batch['text']`; any model with an `lm_logits(tokens, mask)`
     method (and `hidden` / `head` ones when `model.lm.chunk` runs the head in chunks).
-    `data.pack_mask`: attention stays inside each packed document."""
+    `data.pack_mask`: attention stays inside each packed document (the attention gets the
+    document ids [b, l], never an [l, l] mask where the kernel needs none, nn/splash.py)."""
     eos, packed = end_id(tokenizer), bool(config.data.pack)
     use_mask, z_loss = bool(config.data.get("pack_mask", False)), float(config.model.lm.z_loss)
     chunk = int(config.model.lm.get("chunk", 0))
 
     def fn(params, batch, rng):
         tokens = batch["text"]
-        mask = document_mask(tokens, eos) if use_mask else None
+        mask = document_ids(tokens, eos) if use_mask else None
         weights = target_weights(tokens, eos, packed)
         if not chunk:
             logits = model.apply({"params": params}, tokens, mask, method="lm_logits")
