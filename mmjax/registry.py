@@ -66,7 +66,8 @@ class Registry:
 
 TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
                           "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify",
-                          "lm": "mmjax.tasks.lm"})
+                          "lm": "mmjax.tasks.lm", "clip+itm": "mmjax.tasks.itm",
+                          "clip+itm+mlm": "mmjax.tasks.itm"})
 DATASETS = Registry("dataset", {name: "mmjax.data.sources"
                                 for name in ("digit_captions", "prose", "play_genres")})
 EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
@@ -74,4 +75,5 @@ EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "mlm": "mmjax.eval.mlm",
                                     "lm": "mmjax.eval.lm",
                                     "classify": "mmjax.eval.classify",
-                                    "linear_probe": "mmjax.eval.linear_probe"})
+                                    "linear_probe": "mmjax.eval.linear_probe",
+                                    "itm": "mmjax.eval.itm"})
