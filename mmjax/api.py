@@ -111,3 +111,11 @@ class Model:
             best = np.argsort(-probs)[:top_k]
             out.append([(self.tokenizer.decode([i]) or str(i), float(probs[i])) for i in best])
         return out
+
+    def match(self, images: Sequence, texts: Sequence[str]) -> np.ndarray:
+        """[n] the ITM probability that caption i describes image i (a fused model, task
+        'clip+itm'); images and texts pair up one to one."""
+        if len(images) != len(texts):
+            raise ValueError(f"match pairs images with texts one to one: got {len(images)} "
+                             f"images and {len(texts)} texts; pass as many of each")
+        return self._batched("match", self.preprocess(images), self.tokenize(texts))

@@ -137,3 +137,27 @@ def test_clip_itm_mlm_loss_on_a_3d_mesh_equals_one_device():
         np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_8), jax.tree.leaves(grads_1)):
         assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(b), 1e-30)
+
+
+def test_roc_auc_is_the_fraction_of_positive_negative_pairs_in_order():
+    from mmjax.eval.itm import roc_auc
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 30).astype(float)
+    want = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert roc_auc(pos, neg) == pytest.approx(want)
+
+
+def test_reranking_by_an_oracle_lifts_r1_to_the_recall_at_k():
+    """Scores 1 at the relevant pairs: re-ranked R@1 is the embeddings' R@k (k = rerank_k)."""
+    from mmjax.eval.retrieval import recall_at_k
+    rng = np.random.default_rng(1)
+    n, d = 30, 8
+    zimg, ztxt = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    image_of_text, captions = np.arange(n), [f"caption {i}" for i in range(n)]
+
+    def oracle(i2t, t2i):   # pairs [q, k, (image, text row)]
+        return [(pairs[..., 0] == image_of_text[pairs[..., 1]]).astype(float) for pairs in (i2t, t2i)]
+
+    out = recall_at_k(zimg, ztxt, image_of_text, captions, ks=(1, 5), rerank=oracle, rerank_k=5)
+    assert out["rerank_i2t_r1"] == out["i2t_r5"] and out["rerank_t2i_r1"] == out["t2i_r5"]
+    assert out["rerank_i2t_r5"] == out["i2t_r5"] and out["i2t_r1"] < out["i2t_r5"]
