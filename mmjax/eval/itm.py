@@ -37,18 +37,19 @@ def negatives(zimg, ztxt, same, rng):
     return hard, random
 
 
-def itm_probabilities(evaluator, params, image_tokens, texts):
-    """ITM probabilities [n] of image tokens [n, n_img, w] with texts [n, l] under an
-    evaluator's model, in chunks split over the mesh's batch axes (every process holds the
-    whole arrays)."""
+def itm_probabilities(evaluator, params, image_tokens, texts, log_odds=False):
+    """ITM probabilities [n] (or their log-odds, logit 1 - logit 0) of image tokens
+    [n, n_img, w] with texts [n, l] under an evaluator's model, in chunks split over the
+    mesh's batch axes (every process holds the whole arrays)."""
     mesh = evaluator.setup.mesh
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     chunk = -(-max(evaluator.spec["batch_size"], shards) // shards) * shards
 
     def probability(params, tokens, texts):
-        return jax.nn.softmax(evaluator.apply(params, (tokens, texts), "itm_logits"))[:, 1]
+        logits = evaluator.apply(params, (tokens, texts), "itm_logits")
+        return logits[:, 1] - logits[:, 0] if log_odds else jax.nn.softmax(logits)[:, 1]
 
-    fn = evaluator._jit(probability, key="itm_probability")
+    fn = evaluator._jit(probability, key=("itm_probability", log_odds))
     out = []
     for start in range(0, len(texts), chunk):
         block = [a[start:start + chunk] for a in (image_tokens, texts)]

@@ -85,7 +85,8 @@ class Retrieval(Evaluator):
     8); otherwise each (image, caption) row is one pair and rows with the same pixels are one
     image. Captions are told apart by their tokens; equal ones are one caption
     (`recall_at_k`). Option `rerank_k` (a fused model, e.g. task 'clip+itm'): each query's top
-    K re-ordered by the ITM head, reported next to the embeddings' recalls (`rerank_*`)."""
+    K re-ordered by the ITM head (option `rerank_score`, see `_rerank`), reported next to the
+    embeddings' recalls (`rerank_*`)."""
 
     needs = ("encode_image", "encode_text")
 
@@ -118,12 +119,21 @@ class Retrieval(Evaluator):
         zimg, tokens = self.apply(params, (images,), "image_features")
         return {"zimg": zimg, "tokens": tokens}
 
-    def _rerank(self, params, image_tokens, texts):
-        """recall_at_k's `rerank`: ITM probabilities of (image index, text row) pairs [n, k, 2]."""
+    def _rerank(self, params, image_tokens, texts, zimg, ztxt):
+        """recall_at_k's `rerank` score of (image index, text row) pairs [n, k, 2]: the ITM
+        log-odds (option rerank_score='itm', ALBEF's), plus the embeddings' cosine similarity
+        under 'itm+sim' (the default, BLIP's evaluation)."""
+        kind = self.spec.get("rerank_score", "itm+sim")
+        if kind not in ("itm", "itm+sim"):
+            raise ConfigError(f"retrieval option rerank_score={kind!r} unknown; valid: 'itm', 'itm+sim'")
+
         def scores(pairs):
             flat = pairs.reshape(-1, 2)
-            return itm_probabilities(self, params, image_tokens[flat[:, 0]],
-                                     texts[flat[:, 1]]).reshape(pairs.shape[:2])
+            score = itm_probabilities(self, params, image_tokens[flat[:, 0]], texts[flat[:, 1]],
+                                      log_odds=True)
+            if kind == "itm+sim":
+                score = score + np.einsum("nd,nd->n", zimg[flat[:, 0]], ztxt[flat[:, 1]])
+            return score.reshape(pairs.shape[:2])
         return lambda i2t, t2i: (scores(i2t), scores(t2i))
 
     def _encode_rows(self, params, batch, index):
@@ -145,7 +155,8 @@ class Retrieval(Evaluator):
             out = self.map_split(self._encode_rows, params, self.batch_spec)
             image_of_text, first = image_identity(out["key"])
             captions = [row.tobytes() for row in out["text"]]
-            rerank = self._rerank(params, out["tokens"][first], out["text"]) if self.rerank_k else None
+            rerank = self._rerank(params, out["tokens"][first], out["text"], out["zimg"][first],
+                                  out["ztxt"]) if self.rerank_k else None
             return recall_at_k(out["zimg"][first], out["ztxt"], image_of_text, captions, ks=ks,
                                rerank=rerank, rerank_k=self.rerank_k)
         out = self.map_split(self._encode_images, params, self.batch_spec)
@@ -156,6 +167,7 @@ class Retrieval(Evaluator):
         slot = np.arange(self.max_captions)[None, :] < n[:, None]        # [images, max_captions]
         image_of_text = np.nonzero(slot)[0]
         captions = [row.tobytes() for row in out["captions"][slot]]
-        rerank = self._rerank(params, out["tokens"], out["captions"][slot]) if self.rerank_k else None
+        rerank = self._rerank(params, out["tokens"], out["captions"][slot], out["zimg"],
+                              out["ztxt"][slot]) if self.rerank_k else None
         return recall_at_k(out["zimg"], out["ztxt"][slot], image_of_text, captions, ks=ks,
                            rerank=rerank, rerank_k=self.rerank_k)
