@@ -6,8 +6,11 @@ The text tower is BERT-style (bidirectional, [CLS] pooling, WordPiece) and, in t
 pass, every block cross-attends to the ViT's tokens (model.fusion: kind 'cross', layout
 'blip'): loss = InfoNCE + model.itm.weight × ITM on hard negatives + model.mlm.weight × MLM
 through the fused pass. The digits' captions repeat per class, so same-label candidates are
-never negatives (model.itm.labels). Hardware: 2 CPU cores. Expected: eval/zeroshot/top1
->= 0.85, eval/itm/hard_accuracy >= 0.9, eval/retrieval i2t_r1 re-ranked >= dual encoder's.
+never negatives (model.itm.labels). Hardware: 2 CPU cores (~20 min on a loaded box: a
+3-minute compile, ~2.4 s/step). Measured (step 500): eval/zeroshot/top1 0.916,
+eval/itm/hard_accuracy 0.917 (AUC 0.964; random negatives 0.942 / 0.986), retrieval i2t_r1
+0.920, re-ranked by the ITM head 0.915 ('itm+sim') / 0.916 ('itm'): re-ranking does not yet
+help on the digits, whose i2t R@1 is the class accuracy.
 """
 
 from mmjax.config import defaults
