@@ -135,3 +135,11 @@ class Model:
                                  top_k=top_k, top_p=top_p, seed=seed, eos_id=end_id(self.tokenizer),
                                  max_length=self.config.model.text.context_length,
                                  cache=self._samplers)
+
+    def match(self, images: Sequence, texts: Sequence[str]) -> np.ndarray:
+        """[n] the ITM probability that caption i describes image i (a fused model, task
+        'clip+itm'); images and texts pair up one to one."""
+        if len(images) != len(texts):
+            raise ValueError(f"match pairs images with texts one to one: got {len(images)} "
+                             f"images and {len(texts)} texts; pass as many of each")
+        return self._batched("match", self.preprocess(images), self.tokenize(texts))

@@ -32,6 +32,8 @@ CHOICES = {
     "model.image.position": ("learned", "sinusoidal", "rotary"),
     "model.text.position": ("learned", "sinusoidal", "rotary"),
     "model.classify.tower": ("image", "text"),
+    "model.fusion.kind": ("cross",),
+    "model.fusion.layout": ("blip",),
     "train.early_stop.mode": ("max", "min"),
 }
 
@@ -60,6 +62,7 @@ RANGES = {
     "model.mlm.weight": "[0, inf)",
     **{f"model.rtd.generator_{key}": "int [0, inf)" for key in ("width", "depth", "heads", "mlp_dim")},
     "model.rtd.disc_weight": "[0, inf)",
+    "model.itm.weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
     "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
@@ -410,6 +413,12 @@ def defaults() -> ml_collections.ConfigDict:
         lm=dict(tie_embeddings=True, z_loss=0.0, chunk=0),
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
+        # Fusion encoder of 'clip+itm' tasks (mmjax/nn/fusion.py): 'cross' in BLIP's layout
+        # (every text block cross-attends to the image tokens in the fused pass).
+        fusion=dict(kind="cross", layout="blip"),
+        # ITM term's weight; labels: the batch carries 'label' and a same-label candidate is
+        # never a hard negative (besides the same caption).
+        itm=dict(weight=1.0, labels=False),
     )
     # Positions per tower (mmjax/nn/positions.py): 'learned' (a trained table), 'sinusoidal'
     # (fixed; 2-D for image patches) or 'rotary' (queries and keys; 2-D axial for images),

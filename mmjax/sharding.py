@@ -22,6 +22,7 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 RULES = (
     ("batch", BATCH_AXES),
     ("length", None),
+    ("image_length", None),   # the image tokens a fusion encoder attends to
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
     ("embed", "fsdp"),

@@ -8,10 +8,12 @@ import numpy as np
 
 from mmjax.errors import ConfigError
 from mmjax.eval import EVALUATORS, nearest
-from mmjax.eval.base import Evaluator
+from mmjax.eval.base import Evaluator, serves
+from mmjax.eval.itm import itm_probabilities
 
 
-def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(1, 5)):
+def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(1, 5),
+                rerank=None, rerank_k=0):
     """Recall@K both ways over *distinct* captions.
 
     image_embeddings [n_images, d], text_embeddings [n_texts, d]; `image_of_text[t]` is the
@@ -26,6 +28,10 @@ def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(
     When every caption is different this is the standard protocol (CLIP, open_clip): a text
     is right when its own image is in the top K, an image when any of its own captions is.
     The similarities and top-K run on device in chunks; the host holds [n, K] indices only.
+    With `rerank(pairs_i2t, pairs_t2i) -> (scores [n images, k], scores [n captions, k])`,
+    ALBEF / BLIP's protocol: each query's top `rerank_k` from the embeddings, as (image,
+    first text row of the caption) pairs, are re-ordered by those scores (an ITM head) and
+    the recalls of that order come too, as `rerank_i2t_r1` etc.
     """
     image_of_text = np.asarray(image_of_text, np.int64)
     _, first, caption_id, count = np.unique(np.asarray(captions, dtype=object), return_index=True,
@@ -35,10 +41,24 @@ def recall_at_k(image_embeddings, text_embeddings, image_of_text, captions, ks=(
     distinct = np.asarray(text_embeddings)[first]                   # [n captions, d], id order
     # (image, caption id) pairs that are relevant, as sorted codes image * n_ids + id.
     relevant = np.unique(image_of_text * n_ids + caption_id)
-    top = max(ks)
-    i2t = nearest.top_k(image_embeddings, distinct, top)           # [n images, top] caption ids
-    t2i = nearest.top_k(distinct, image_embeddings, top)           # [n captions, top] images
-    i2t_hit = np.isin(np.arange(len(image_embeddings))[:, None] * n_ids + i2t, relevant)
+    top = max(max(ks), rerank_k if rerank else 0)
+    i2t = np.array(nearest.top_k(image_embeddings, distinct, top))  # [n images, top] caption ids
+    t2i = np.array(nearest.top_k(distinct, image_embeddings, top))  # [n captions, top] images
+    out = _recalls(i2t, t2i, relevant, n_ids, count, ks)
+    if rerank:
+        k = rerank_k
+        images = np.arange(len(i2t))[:, None]
+        i2t_scores, t2i_scores = rerank(np.stack(np.broadcast_arrays(images, first[i2t[:, :k]]), -1),
+                                        np.stack([t2i[:, :k], np.broadcast_to(first[:, None], (n_ids, k))], -1))
+        i2t[:, :k] = np.take_along_axis(i2t[:, :k], np.argsort(-i2t_scores, axis=1, kind="stable"), 1)
+        t2i[:, :k] = np.take_along_axis(t2i[:, :k], np.argsort(-t2i_scores, axis=1, kind="stable"), 1)
+        out |= {f"rerank_{key}": v for key, v in _recalls(i2t, t2i, relevant, n_ids, count, ks).items()}
+    return out
+
+
+def _recalls(i2t, t2i, relevant, n_ids, count, ks):
+    """recall_at_k's figures of the ranked lists i2t [n images, K] and t2i [n captions, K]."""
+    i2t_hit = np.isin(np.arange(len(i2t))[:, None] * n_ids + i2t, relevant)
     t2i_hit = np.isin(t2i * n_ids + np.arange(n_ids)[:, None], relevant)
     out = {}
     for k in ks:
@@ -64,13 +84,20 @@ class Retrieval(Evaluator):
     holds one record per image with all its captions (at most option `max_captions`, default
     8); otherwise each (image, caption) row is one pair and rows with the same pixels are one
     image. Captions are told apart by their tokens; equal ones are one caption
-    (`recall_at_k`)."""
+    (`recall_at_k`). Option `rerank_k` (a fused model, e.g. task 'clip+itm'): each query's top
+    K re-ordered by the ITM head (option `rerank_score`, see `_rerank`), reported next to the
+    embeddings' recalls (`rerank_*`)."""
 
     needs = ("encode_image", "encode_text")
 
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
         task_spec = run_setup.task.batch_spec()
+        self.rerank_k = int(self.spec.get("rerank_k", 0))
+        if self.rerank_k and "itm_logits" not in serves(run_setup.model):
+            raise ConfigError(f"retrieval option rerank_k={self.rerank_k} needs a fused model with "
+                              f"an ITM head (task 'clip+itm'); task {run_setup.config.task!r} has "
+                              f"none: drop rerank_k")
         self.per_image = "captions" in self.dataset.features
         self.batch_spec = {"image": task_spec["image"]}
         if self.per_image:
@@ -85,16 +112,40 @@ class Retrieval(Evaluator):
             shape = self.batch_spec["image"].shape
             self._probe = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
 
+    def _zimg(self, params, images):
+        """{'zimg'} (+ 'tokens', the image tokens, when re-ranking)."""
+        if not self.rerank_k:
+            return {"zimg": self.apply(params, (images,), "encode_image")}
+        zimg, tokens = self.apply(params, (images,), "image_features")
+        return {"zimg": zimg, "tokens": tokens}
+
+    def _rerank(self, params, image_tokens, texts, zimg, ztxt):
+        """recall_at_k's `rerank` score of (image index, text row) pairs [n, k, 2]: the ITM
+        log-odds (option rerank_score='itm', ALBEF's), plus the embeddings' cosine similarity
+        under 'itm+sim' (the default, BLIP's evaluation)."""
+        kind = self.spec.get("rerank_score", "itm+sim")
+        if kind not in ("itm", "itm+sim"):
+            raise ConfigError(f"retrieval option rerank_score={kind!r} unknown; valid: 'itm', 'itm+sim'")
+
+        def scores(pairs):
+            flat = pairs.reshape(-1, 2)
+            score = itm_probabilities(self, params, image_tokens[flat[:, 0]], texts[flat[:, 1]],
+                                      log_odds=True)
+            if kind == "itm+sim":
+                score = score + np.einsum("nd,nd->n", zimg[flat[:, 0]], ztxt[flat[:, 1]])
+            return score.reshape(pairs.shape[:2])
+        return lambda i2t, t2i: (scores(i2t), scores(t2i))
+
     def _encode_rows(self, params, batch, index):
         key = jnp.einsum("bhwc,khwc->bk", batch["image"], self._probe)
-        return {"zimg": self.apply(params, (batch["image"],), "encode_image"),
+        return self._zimg(params, batch["image"]) | {
                 "ztxt": self.apply(params, (batch["text"],), "encode_text"), "text": batch["text"],
                 "key": key}
 
     def _encode_images(self, params, batch, index):
         b, k, length = batch["captions"].shape
         ztxt = self.apply(params, (batch["captions"].reshape(b * k, length),), "encode_text")
-        return {"zimg": self.apply(params, (batch["image"],), "encode_image"),
+        return self._zimg(params, batch["image"]) | {
                 "ztxt": ztxt.reshape(b, k, -1), "captions": batch["captions"],
                 "n_captions": batch["n_captions"]}
 
@@ -104,7 +155,10 @@ class Retrieval(Evaluator):
             out = self.map_split(self._encode_rows, params, self.batch_spec)
             image_of_text, first = image_identity(out["key"])
             captions = [row.tobytes() for row in out["text"]]
-            return recall_at_k(out["zimg"][first], out["ztxt"], image_of_text, captions, ks=ks)
+            rerank = self._rerank(params, out["tokens"][first], out["text"], out["zimg"][first],
+                                  out["ztxt"]) if self.rerank_k else None
+            return recall_at_k(out["zimg"][first], out["ztxt"], image_of_text, captions, ks=ks,
+                               rerank=rerank, rerank_k=self.rerank_k)
         out = self.map_split(self._encode_images, params, self.batch_spec)
         n = out["n_captions"]
         if n.max(initial=0) > self.max_captions:
@@ -113,4 +167,7 @@ class Retrieval(Evaluator):
         slot = np.arange(self.max_captions)[None, :] < n[:, None]        # [images, max_captions]
         image_of_text = np.nonzero(slot)[0]
         captions = [row.tobytes() for row in out["captions"][slot]]
-        return recall_at_k(out["zimg"], out["ztxt"][slot], image_of_text, captions, ks=ks)
+        rerank = self._rerank(params, out["tokens"], out["captions"][slot], out["zimg"],
+                              out["ztxt"][slot]) if self.rerank_k else None
+        return recall_at_k(out["zimg"], out["ztxt"][slot], image_of_text, captions, ks=ks,
+                           rerank=rerank, rerank_k=self.rerank_k)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn.attention import Attention, take_rows
+from mmjax.nn.cross_attention import CrossAttention
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.linear import dot_general
 from mmjax.nn.options import EncoderOptions
@@ -55,12 +56,15 @@ class Block(nn.Module):
     With `select` [b, n]: only the output rows at those positions, [b, l, e] -> [b, n, e]
     (keys and values from every row; the rest of the layer on the selected rows only).
     `rope` [l, d/2]: rotary angles of each row (None: no rotation), see nn.positions.
+    With `context` [b, n, c], a cross-attention sub-layer ('cross_attn', 'ln_cross') between
+    self-attention and the MLP attends to it (a fusion encoder's image tokens); without, the
+    block is the plain one and those params, if any, go unused.
     """
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask, select=None, rope=None):
+    def __call__(self, x, padding_mask, select=None, rope=None, context=None):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
         attn = Attention(o.num_heads, o.fused_qkv, o.attention, o.splash_min_length, name="attn", **kw)
@@ -68,11 +72,18 @@ class Block(nn.Module):
         ln1 = layer_norm(o.norm_eps, name="ln1", **kw)
         ln2 = layer_norm(o.norm_eps, name="ln2", **kw)
         x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
+        if context is not None:
+            cross = CrossAttention(o.num_heads, o.attention, name="cross_attn", **kw)
+            ln_cross = layer_norm(o.norm_eps, name="ln_cross", **kw)
         if o.pre_norm:
             x = take_rows(x, select) + attn(ln1(x), padding_mask, o.causal, select, rope)
+            if context is not None:
+                x = x + cross(ln_cross(x), context)
             x = x + mlp(ln2(x))
         else:
             x = ln1(take_rows(x, select) + attn(x, padding_mask, o.causal, select, rope))
+            if context is not None:
+                x = ln_cross(x + cross(x, context))
             x = ln2(x + mlp(x))
         return x
 
@@ -81,8 +92,8 @@ class ScannedBlock(Block):
     """A Block with the (carry, xs) -> (carry, ys) signature that `nn.scan` needs."""
 
     @nn.compact
-    def __call__(self, x, padding_mask, rope):
-        return super().__call__(x, padding_mask, None, rope), None
+    def __call__(self, x, padding_mask, rope, context):
+        return super().__call__(x, padding_mask, None, rope, context), None
 
 
 def _remat(block, o, scanned):
@@ -94,7 +105,7 @@ def _remat(block, o, scanned):
 def _stack(o, depth):
     """`depth` scanned blocks, params stacked on a leading 'layers' axis."""
     return nn.scan(_remat(ScannedBlock, o, True), variable_axes={"params": 0},
-                   split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast), length=depth,
+                   split_rngs={"params": True}, in_axes=(nn.broadcast,) * 3, length=depth,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
 
@@ -104,11 +115,11 @@ class _SplitStack(nn.Module):
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask, select, rope):  # [b, l, e] -> [b, n, e]
+    def __call__(self, x, padding_mask, select, rope, context):  # [b, l, e] -> [b, n, e]
         o = self.opts
         if o.depth > 1:
-            x, _ = _stack(o, o.depth - 1)(o, name="head")(x, padding_mask, rope)
-        return _remat(Block, o, False)(o, name="last")(x, padding_mask, select, rope)
+            x, _ = _stack(o, o.depth - 1)(o, name="head")(x, padding_mask, rope, context)
+        return _remat(Block, o, False)(o, name="last")(x, padding_mask, select, rope, context)
 
 
 def _split_last(variables):
@@ -125,30 +136,33 @@ class Encoder(nn.Module):
     With `select` [b, n] (the positions the caller reads), only those output rows come back,
     [b, n, e], and with `opts.prune_last_layer` the last layer computes only them.
     `rope` [l, d/2]: the rotary angles of each row (nn.positions), or None.
+    `context` [b, n, c]: every block cross-attends to it (see Block); `causal` overrides
+    `opts.causal` for this call (a fusion pass is bidirectional over a causal tower).
     """
 
     opts: EncoderOptions
 
     @nn.compact
-    def __call__(self, x, padding_mask=None, select=None, rope=None):  # [b, l, e] -> [b, l | n, e]
-        o = self.opts
+    def __call__(self, x, padding_mask=None, select=None, rope=None, context=None,
+                 causal=None):  # [b, l, e] -> [b, l | n, e]
+        o = self.opts if causal is None else self.opts.replace(causal=causal)
         if select is None or not o.prune_last_layer or self.is_initializing():
-            return take_rows(self._full(x, padding_mask, rope), select)
+            return take_rows(self._full(o, x, padding_mask, rope, context), select)
         if o.scan:   # the same stacked params, split into the scanned head and the last layer
             split = nn.map_variables(_SplitStack, "params", trans_in_fn=_split_last)
-            return split(o, name="layers")(x, padding_mask, select, rope)
+            return split(o, name="layers")(x, padding_mask, select, rope, context)
         block = _remat(Block, o, False)
         for i in range(o.depth):
-            x = block(o, name=f"layers_{i}")(x, padding_mask, select if i == o.depth - 1 else None, rope)
+            x = block(o, name=f"layers_{i}")(x, padding_mask, select if i == o.depth - 1 else None,
+                                             rope, context)
         return x
 
-    def _full(self, x, padding_mask, rope):
+    def _full(self, o, x, padding_mask, rope, context):
         """Every layer at every position: [b, l, e] -> [b, l, e]."""
-        o = self.opts
         if o.scan:
-            x, _ = _stack(o, o.depth)(o, name="layers")(x, padding_mask, rope)
+            x, _ = _stack(o, o.depth)(o, name="layers")(x, padding_mask, rope, context)
             return x
         block = _remat(Block, o, False)
         for i in range(o.depth):
-            x = block(o, name=f"layers_{i}")(x, padding_mask, None, rope)
+            x = block(o, name=f"layers_{i}")(x, padding_mask, None, rope, context)
         return x

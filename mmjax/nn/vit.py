@@ -12,7 +12,9 @@ from mmjax.nn.transformer import Encoder, Mlp, layer_norm
 
 
 class ViT(nn.Module):
-    """Images [b, H, W, C] -> pooled features [b, width] (after the final LayerNorm).
+    """Images [b, H, W, C] -> pooled features [b, width] (after the final LayerNorm); with
+    `all_tokens`, (pooled [b, width], tokens [b, n_img, width]): every (class +) patch token
+    after the final LayerNorm, which a fusion encoder attends to (logical axis 'image_length').
 
     Layout follows CLIP: patch embed (no bias by default), + positions, LN (`ln_pre`), encoder,
     pool ('cls' token or 'mean' over patches), LN; 'map' (SigLIP's, big_vision's MAPHead): LN
@@ -25,7 +27,7 @@ class ViT(nn.Module):
     opts: ViTOptions
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, all_tokens: bool = False):
         o = self.opts
         kw = dict(dtype=o.dtype, param_dtype=o.param_dtype)
         p, c = o.patch_size, images.shape[-1]
@@ -58,14 +60,20 @@ class ViT(nn.Module):
         if o.ln_pre:
             x = layer_norm(o.norm_eps, name="ln_pre", **kw)(x)
         encoder = Encoder(o.replace(causal=False), name="encoder")
+        ln_post = layer_norm(o.norm_eps, name="ln_post", **kw)
+        if all_tokens:   # every row of the last layer; pooled as below, from the same pass
+            x = encoder(x, rope=rope)
+            tokens = nn.with_logical_constraint(ln_post(x), ("batch", "image_length", "activation_embed"))
+            if o.pool == "map":
+                return MapHead(o, name="map_head")(tokens), tokens
+            return (tokens[:, 0] if o.pool == "cls" else ln_post(x.mean(axis=1))), tokens
         if o.pool == "cls":   # the last layer runs only at the class token
             pooled = encoder(x, select=jnp.zeros((x.shape[0], 1), jnp.int32), rope=rope)[:, 0]
         elif o.pool == "map":
-            x = layer_norm(o.norm_eps, name="ln_post", **kw)(encoder(x, rope=rope))
-            return MapHead(o, name="map_head")(x)
+            return MapHead(o, name="map_head")(ln_post(encoder(x, rope=rope)))
         else:
             pooled = encoder(x, rope=rope).mean(axis=1)
-        return layer_norm(o.norm_eps, name="ln_post", **kw)(pooled)
+        return ln_post(pooled)
 
 
 class MapHead(nn.Module):
