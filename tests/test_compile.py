@@ -29,6 +29,8 @@ RECIPES = {
     "recipe_clip_mlm": ("v4-256", "v4-8", 1),
     "recipe_gpu_8xh100": ("v5p-16", "v5p-8", 1),
     "recipe_lm_2k": ("v5p-32", "v5p-8", 1),
+    "recipe_itm_b16": ("v4-64", "v4-8", 1),
+    "recipe_electra_base_512": ("v4-8", "v4-8", 1),
 }
 
 
