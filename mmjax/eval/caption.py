@@ -11,7 +11,7 @@ from mmjax.eval import EVALUATORS, prompts
 from mmjax.eval.base import Evaluator
 from mmjax.tasks.lm import end_id, target_weights
 
-SHOWN = 3   # greedy captions reported as text (`caption_<i>`, the split's first images)
+SHOWN = 3   # greedy captions reported as text (`caption_<i>`: images spread over the split)
 
 
 def named_classes(caption: str, class_names) -> set:
@@ -44,7 +44,8 @@ class Caption(Evaluator):
     words and the end token, as the caption term's) over `tokens` targets. Labelled data
     with class names: `named_class`, the fraction of the split's images whose greedy caption
     (from the start token, up to the end token or context_length - 1 tokens) names the
-    image's class and no other (`names_right_class`); `caption_<i>`: the first SHOWN of them.
+    image's class and no other (`names_right_class`); `caption_<i>`: 'CLASS → CAPTION' of
+    SHOWN images evenly spread over the split.
     Options: `class_names` (as zeroshot's), `max_new_tokens`."""
 
     needs = ("image_features", "caption_logits", "head")
@@ -87,6 +88,7 @@ class Caption(Evaluator):
         tok = self.setup.tokenizer
         captions = [tok.decode(gen.until_end(row, self.eos)) for row in out["greedy"]]
         hits = [names_right_class(c, label, self.class_names) for c, label in zip(captions, out["label"])]
+        shown = np.unique(np.linspace(0, len(captions) - 1, SHOWN).astype(int))
         return metrics | {"named_class": float(np.mean(hits))} | {
-            f"caption_{i}": f"{self.class_names[int(label)]} → {c}"
-            for i, (c, label) in enumerate(zip(captions[:SHOWN], out["label"][:SHOWN]))}
+            f"caption_{i}": f"{self.class_names[int(out['label'][j])]} → {captions[j]}"
+            for i, j in enumerate(shown)}
