@@ -6,7 +6,10 @@
 The text tower is causal (CLIP's pooling at the end token, WordPiece) and, in the caption
 pass, every block also cross-attends to the ViT's tokens: loss = InfoNCE +
 model.caption.weight × next-token CE of the caption given the image, the head tied to the
-token table. Hardware: 2 CPU cores. Expected: see the figures measured below.
+token table. Hardware: 2 CPU cores (~8 min on a loaded box: 500 steps at ~1.1 steps/s plus
+start-up, vocabulary and compiles). Measured (step 500, 2026-12-04): eval/caption/named_class
+0.913 (greedy captions naming the right digit, e.g. "a photo of the digit three"),
+eval/caption/perplexity 1.27, eval/zeroshot/top1 0.912 (tests/test_caption.py, acceptance).
 """
 
 from mmjax.config import defaults

@@ -76,7 +76,8 @@ def test_caption_pass_is_causal_reads_the_image_and_leaves_the_contrastive_pass_
     config, model, params = captioner
     batch = tiny_batch(config, 3)
     tokens = captions(3, 10, seed=2)
-    apply = lambda method, *args, p=params: np.asarray(model.apply({"params": p}, *args, method=method))  # noqa: E731
+    def apply(method, *args, p=params):
+        return np.asarray(model.apply({"params": p}, *args, method=method))
     image_tokens = model.apply({"params": params}, batch["image"], method="image_features")[1]
     logits = apply("caption_logits", image_tokens, tokens)
     changed = tokens.copy()

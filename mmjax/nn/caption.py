@@ -1,4 +1,4 @@
-"""Captioner in BLIP's decoder layout: a dual encoder whose causal text tower also cross-attends to the image tokens.
+"""Captioner in BLIP's decoder layout: a dual encoder whose causal text tower reads the image tokens.
 
 One set of text weights serves both passes (as nn/fusion.py's encoder does): run alone (no
 context) the tower is the contrastive one; given the ViT's tokens, every block adds

@@ -1,4 +1,4 @@
-"""CLIP + captioning (CoCa's objective, BLIP's decoder layout): contrastive + next-token CE on the caption given the image.
+"""CLIP + captioning (CoCa's objective, BLIP's decoder layout): contrastive + caption next-token CE.
 
 loss = contrastive + `model.caption.weight` × caption, each logged as a term. The caption
 term: the ViT's tokens condition the causal text tower through cross-attention in every
