@@ -132,12 +132,10 @@ class Model:
         from mmjax.nn.caption import CaptionDualEncoder
         from mmjax.nn.lm import CausalLM
         from mmjax.tasks.lm import end_id
-        kind = CaptionDualEncoder if images is not None else CausalLM
+        kind, need = ((CaptionDualEncoder, "generate(images=...) needs a captioner (task 'clip+caption')")
+                      if images is not None else (CausalLM, "generate needs a causal LM (task 'lm')"))
         if not isinstance(self.module, kind):
-            raise ValueError(f"generate{'(images=...)' if images is not None else ''} needs "
-                             f"{'a captioner' if images is not None else 'a causal LM'} (task "
-                             f"{'clip+caption' if images is not None else 'lm'}); this model is task "
-                             f"{self.config.task!r}")
+            raise ValueError(f"{need}; this model is task {self.config.task!r}")
         context = None
         if images is not None:
             context = self._batched("image_features", self.preprocess(images), index=1)
