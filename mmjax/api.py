@@ -67,14 +67,16 @@ class Model:
     def _method(self, name):
         return jax.jit(lambda params, *args: self.module.apply({"params": params}, *args, method=name))
 
-    def _batched(self, name, *inputs):
-        """method(inputs) in batches of `batch_size` rows (the last one padded: one compile)."""
+    def _batched(self, name, *inputs, index=None):
+        """method(inputs) in batches of `batch_size` rows (the last one padded: one compile);
+        `index`: of a method returning a tuple, that output only."""
         n, b, out = len(inputs[0]), self.batch_size, []
         for start in range(0, n, b):
             chunk = [x[start:start + b] for x in inputs]
             pad = b - len(chunk[0])
             chunk = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in chunk]
-            out.append(np.asarray(self._method(name)(self.params, *chunk))[:b - pad])
+            result = self._method(name)(self.params, *chunk)
+            out.append(np.asarray(result if index is None else result[index])[:b - pad])
         return np.concatenate(out)
 
     def preprocess(self, images: Sequence) -> np.ndarray:
@@ -117,24 +119,43 @@ class Model:
             out.append([(self.tokenizer.decode([i]) or str(i), float(probs[i])) for i in best])
         return out
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    def generate(self, prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 images: Sequence | None = None) -> list[str]:
         """The continuation of each prompt sampled from a causal LM (task 'lm'), up to its
         end-of-text token or `max_new_tokens` tokens (see mmjax.generate): temperature 0 is
-        greedy; top_k 0 and top_p 1 filter nothing; the same seed gives the same text."""
+        greedy; top_k 0 and top_p 1 filter nothing; the same seed gives the same text.
+        A captioner (task 'clip+caption') captions `images` (as `encode_image` takes them),
+        each from the start token and its prompt (default none; one prompt serves all).
+        max_new_tokens None: 32, or for captions all the rows the context length leaves."""
         from mmjax import generate as gen
+        from mmjax.nn.caption import CaptionDualEncoder
         from mmjax.nn.lm import CausalLM
         from mmjax.tasks.lm import end_id
-        if not isinstance(self.module, CausalLM):
-            raise ValueError(f"generate needs a causal LM (task 'lm'); this model is task "
-                             f"{self.config.task!r}")
+        kind, need = ((CaptionDualEncoder, "generate(images=...) needs a captioner (task 'clip+caption')")
+                      if images is not None else (CausalLM, "generate needs a causal LM (task 'lm')"))
+        if not isinstance(self.module, kind):
+            raise ValueError(f"{need}; this model is task {self.config.task!r}")
+        context = None
+        if images is not None:
+            context = self._batched("image_features", self.preprocess(images), index=1)
+            prompts = [""] if prompts is None else prompts
         if isinstance(prompts, str):
             prompts = [prompts]
-        return gen.generate_text(self.module, self.params, self.tokenizer, list(prompts),
+        prompts = list(prompts)
+        if context is not None and len(prompts) == 1:
+            prompts = prompts * len(context)
+        if context is not None and len(prompts) != len(context):
+            raise ValueError(f"{len(prompts)} prompts for {len(context)} images: give one prompt, "
+                             f"or one per image")
+        if max_new_tokens is None:
+            longest = 1 + max(len(ids) for ids in self.tokenizer.ids(prompts))   # the start token too
+            max_new_tokens = 32 if context is None else self.config.model.text.context_length - longest + 1
+        return gen.generate_text(self.module, self.params, self.tokenizer, prompts,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed, eos_id=end_id(self.tokenizer),
                                  max_length=self.config.model.text.context_length,
-                                 cache=self._samplers)
+                                 cache=self._samplers, context=context)
 
     def match(self, images: Sequence, texts: Sequence[str]) -> np.ndarray:
         """[n] the ITM probability that caption i describes image i (a fused model, task

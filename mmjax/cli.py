@@ -74,12 +74,15 @@ def _parser():
 
 
 def _sample_parser(sub):
-    sample = sub.add_parser("sample", help="continue a prompt with WORKDIR's causal LM (task 'lm'): "
-                                           "the continuation on stdout")
+    sample = sub.add_parser("sample", help="continue a prompt with WORKDIR's causal LM (task 'lm'), "
+                                           "or caption an image (task 'clip+caption'): the text on stdout")
     sample.add_argument("--workdir", required=True, help="a run, or an `mmjax export --format params` dir")
-    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--prompt", default=None, help="required without --image")
+    sample.add_argument("--image", default=None,
+                        help="an image file: its caption (after --prompt, if given) by a captioner")
     sample.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
-    sample.add_argument("--max_new_tokens", type=int, default=32)
+    sample.add_argument("--max_new_tokens", type=int, default=None,
+                        help="default 32; captions: what the context length leaves")
     sample.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     sample.add_argument("--top_k", type=int, default=0, help="0: off")
     sample.add_argument("--top_p", type=float, default=1.0, help="1: off")
@@ -90,11 +93,18 @@ def _sample_parser(sub):
 def _sample(args):
     import mmjax
     try:
+        if args.prompt is None and args.image is None:
+            raise ValueError("sample needs --prompt (a causal LM) or --image (a captioner)")
+        images = None
+        if args.image is not None:
+            from PIL import Image
+            with Image.open(os.path.expanduser(args.image)) as image:
+                images = [image.copy()]
         model = mmjax.load(args.workdir, step=args.step, data_dir=os.path.expanduser(args.data_dir))
-        text, = model.generate([args.prompt], max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               seed=args.seed)
-    except (ValueError, FileNotFoundError, CheckpointError, ConfigError, DataDirError) as e:
+        text, = model.generate(None if args.prompt is None else [args.prompt],
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, images=images)
+    except (ValueError, OSError, CheckpointError, ConfigError, DataDirError) as e:
         print(f"mmjax: error: {e}", file=sys.stderr)
         return 2
     print(text)

@@ -63,6 +63,7 @@ RANGES = {
     **{f"model.rtd.generator_{key}": "int [0, inf)" for key in ("width", "depth", "heads", "mlp_dim")},
     "model.rtd.disc_weight": "[0, inf)",
     "model.itm.weight": "[0, inf)",
+    "model.caption.weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
     "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
@@ -419,6 +420,8 @@ def defaults() -> ml_collections.ConfigDict:
         # ITM term's weight; labels: the batch carries 'label' and a same-label candidate is
         # never a hard negative (besides the same caption).
         itm=dict(weight=1.0, labels=False),
+        # 'clip+caption': the caption term's weight; the vocabulary head tied to the token table.
+        caption=dict(weight=1.0, tie_embeddings=True),
     )
     # Positions per tower (mmjax/nn/positions.py): 'learned' (a trained table), 'sinusoidal'
     # (fixed; 2-D for image patches) or 'rotary' (queries and keys; 2-D axial for images),

@@ -74,8 +74,11 @@ def next_tokens(logits, key, temperature, top_k, top_p):
 def sample(model, params, prompts, lengths, key, *, max_new_tokens: int, eos_id: int | None,
            pad_id: int = 0, temperature=1.0, top_k=0, top_p=1.0, context=None):
     """New tokens [b, max_new_tokens] of the right-padded prompts [b, P] (lengths [b]); see
-    the module docstring. eos_id None: never stops early. Jit it with `sampler`."""
+    the module docstring. eos_id None: never stops early. Jit it with `sampler`.
+    `context`: image tokens [b, n, c] a captioner's blocks cross-attend to (projected once)."""
     b, prompt_rows = prompts.shape
+    if context is not None:
+        context = decode.project_context(model, params, context)
     lengths = jnp.asarray(lengths, jnp.int32)
     temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
     top_k = jnp.int32(top_k)
@@ -111,7 +114,7 @@ def sampler(model, max_new_tokens: int, eos_id: int | None, pad_id: int = 0, out
     """`sample` jitted for `model`: fn(params, prompts, lengths, key, temperature, top_k,
     top_p, context=None) -> tokens [b, max_new_tokens] (one compile per prompt shape).
     `context`: what each decoding step also attends to (a captioner's image tokens
-    [b, m, width], through nn.decode.forward); None for a causal LM."""
+    [b, n_img, c], see `sample`); None for a causal LM."""
     def fn(params, prompts, lengths, key, temperature, top_k, top_p, context=None):
         return sample(model, params, prompts, lengths, key, max_new_tokens=max_new_tokens,
                       eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k,
@@ -152,11 +155,12 @@ def prompt_rows(tokenizer, texts, max_new_tokens: int, max_length: int | None, m
 
 def generate_text(model, params, tokenizer, texts, *, max_new_tokens=32, temperature=1.0, top_k=0,
                   top_p=1.0, seed=0, eos_id=None, max_length=None, mesh=None, rules=(),
-                  cache=None):
-    """The continuation (a string) of each text in `texts`, sampled from `model` (a CausalLM)
-    with the tokenizer's ids; eos_id: the end-of-text id (default the tokenizer's eos_id);
-    max_length: the model's context length; mesh, rules: the run's (prompts split over
-    the batch axes). `cache`: a dict that keeps the compiled samplers between calls."""
+                  cache=None, context=None):
+    """The continuation (a string) of each text in `texts`, sampled from `model` (a CausalLM,
+    or a captioner with `context`: image tokens [len(texts), n, c]) with the tokenizer's ids;
+    eos_id: the end-of-text id (default the tokenizer's eos_id); max_length: the model's
+    context length; mesh, rules: the run's (prompts split over the batch axes). `cache`: a
+    dict that keeps the compiled samplers between calls."""
     if not len(texts):
         return []
     if max_new_tokens < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
@@ -166,6 +170,10 @@ def generate_text(model, params, tokenizer, texts, *, max_new_tokens=32, tempera
     eos = tokenizer.eos_id if eos_id is None else eos_id
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     prompts, lengths = prompt_rows(tokenizer, texts, max_new_tokens, max_length, shards)
+    inputs = [prompts, lengths]
+    if context is not None:   # rows added for the mesh repeat the last, as the prompts' do
+        context = np.asarray(context)
+        inputs.append(np.concatenate([context, np.repeat(context[-1:], len(prompts) - len(context), 0)]))
     cache = {} if cache is None else cache
     key = (max_new_tokens, eos, mesh)
     if key not in cache:
@@ -173,15 +181,17 @@ def generate_text(model, params, tokenizer, texts, *, max_new_tokens=32, tempera
         cache[key] = sampler(model, max_new_tokens, eos, tokenizer.pad_id, out)
     with on_mesh(mesh, rules):
         if mesh is not None:
-            prompts, lengths = (jax.make_array_from_callback(x.shape, sharding.batch_sharding(mesh),
-                                                             lambda index, x=x: x[index])
-                                for x in (prompts, lengths))   # every process holds them whole
-        tokens = cache[key](params, prompts, lengths, jax.random.PRNGKey(seed), temperature, top_k, top_p)
+            inputs = [jax.make_array_from_callback(x.shape, sharding.batch_sharding(mesh),
+                                                   lambda index, x=x: x[index])
+                      for x in inputs]   # every process holds them whole
+        prompts, lengths, *context = inputs
+        tokens = cache[key](params, prompts, lengths, jax.random.PRNGKey(seed), temperature, top_k, top_p,
+                            *context)
     tokens = np.asarray(jax.device_get(tokens))[:len(texts)]
-    return [tokenizer.decode(_until(row, eos)) for row in tokens]
+    return [tokenizer.decode(until_end(row, eos)) for row in tokens]
 
 
-def _until(row, eos_id):
+def until_end(row, eos_id):
     """A row's ids before its first eos_id."""
     ends = np.flatnonzero(row == eos_id)
     return row[:ends[0]] if len(ends) else row

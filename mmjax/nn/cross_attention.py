@@ -27,11 +27,13 @@ class CrossAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, context, context_mask=None):
-        width, ctx_width = x.shape[-1], context.shape[-1]
+    def __call__(self, x, context, context_mask=None, width=None):
+        """A decoder projects a fixed context once: `cross(None, context, width=e)` -> (k, v)
+        [b, n, h, d] (e: the queries' width), then `cross(x, (k, v))` attends to them
+        without projecting again (nn/decode.py)."""
+        projected = isinstance(context, tuple)
+        width = width if x is None else x.shape[-1]
         h, d = self.num_heads, width // self.num_heads
-        x, context = x.astype(self.dtype), context.astype(self.dtype)
-        context = nn.with_logical_constraint(context, ("batch", "image_length", "activation_embed"))
 
         def param(name, shape, names, init):
             return self.param(name, logical(init, names), shape, self.param_dtype).astype(self.dtype)
@@ -42,7 +44,16 @@ class CrossAttention(nn.Module):
             w = param(f"{name}_kernel", (in_width, h, d), ("embed", "heads", "kv"), normal_init(in_width ** -0.5))
             return linear(inputs, w) + param(f"{name}_bias", (h, d), ("heads", "kv"), zeros)
 
-        q, k, v = project("q", x, width), project("k", context, ctx_width), project("v", context, ctx_width)
+        q = None if x is None else project("q", x.astype(self.dtype), width)   # q first: init order
+        if projected:
+            k, v = (c.astype(self.dtype) for c in context)
+        else:
+            context = nn.with_logical_constraint(context.astype(self.dtype),
+                                                 ("batch", "image_length", "activation_embed"))
+            ctx_width = context.shape[-1]
+            k, v = project("k", context, ctx_width), project("v", context, ctx_width)
+        if x is None:
+            return k, v
         y = dot_product_attention(q, k, v, padding_mask=context_mask, backend=self.backend)   # [b, l, h, d]
         w_out = param("out_kernel", (h, d, width), ("heads", "kv", "embed"), normal_init(width ** -0.5))
         b_out = param("out_bias", (width,), ("embed",), zeros)

@@ -75,23 +75,27 @@ class TextTransformer(nn.Module):
         """Features at positions [b, m] -> [b, m, width]; the last layer runs at those rows only."""
         return self.features(tokens, token_types, positions)
 
-    def fused(self, tokens, context, select=None):
+    def fused(self, tokens, context, select=None, causal=False):
         """Hidden states [b, l | n, width] of tokens [b, l] whose every block also cross-attends
         to `context` [b, n_img, c] (a fusion encoder in BLIP's layout); bidirectional over the
-        real tokens even in a causal tower. `select` [b, n]: only those rows (last layer pruned)."""
-        return self.features(tokens, select=select, context=context)
+        real tokens even in a causal tower, unless `causal` (a captioner's decoder pass).
+        `select` [b, n]: only those rows (last layer pruned)."""
+        return self.features(tokens, select=select, context=context, causal=causal)
 
-    def features(self, tokens, token_types=None, select=None, mask=None, context=None):
+    def features(self, tokens, token_types=None, select=None, mask=None, context=None,
+                 causal=None):
         """Final hidden states [b, l, width], or [b, n, width] at positions `select` [b, n].
         `mask`: packed documents besides causality, ids int [b, l] (a row sees its own
         document's) or the allowed (query, key) pairs bool [b, l, l].
-        `context` [b, n_img, c]: see `fused`."""
+        `context` [b, n_img, c]: see `fused`. `causal`: overrides the tower's (None: its own
+        without a context, bidirectional with one)."""
         o = self.opts
         x, rope = self.embed(tokens, token_types)
-        causal = o.causal and context is None
+        if causal is None:
+            causal = o.causal and context is None
         padding_mask = mask if mask is not None else None if causal else tokens != o.pad_id
         x = self.encoder(x, padding_mask, select, rope, context=context,
-                         causal=None if context is None else False)
+                         causal=None if causal == o.causal else causal)
         return self.final(x)
 
     def embed(self, tokens, token_types=None, rows=None, length=None):
