@@ -67,7 +67,7 @@ class Registry:
 TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
                           "clip+mlm": "mmjax.tasks.clip_mlm", "classify": "mmjax.tasks.classify",
                           "lm": "mmjax.tasks.lm", "mlm+nsp": "mmjax.tasks.mlm_nsp",
-                          "rtd": "mmjax.tasks.rtd",
+                          "rtd": "mmjax.tasks.rtd", "tag": "mmjax.tasks.tag",
                           "clip+itm": "mmjax.tasks.itm", "clip+itm+mlm": "mmjax.tasks.itm"})
 DATASETS = Registry("dataset", {name: "mmjax.data.sources"
                                 for name in ("digit_captions", "prose", "play_genres")})
@@ -80,4 +80,5 @@ EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "classify": "mmjax.eval.classify",
                                     "linear_probe": "mmjax.eval.linear_probe",
                                     "nsp": "mmjax.eval.nsp",
-                                    "itm": "mmjax.eval.itm"})
+                                    "itm": "mmjax.eval.itm",
+                                    "tag": "mmjax.eval.tag"})
