@@ -10,7 +10,8 @@ version always gives the same files.
   out); a speech is cut into sentences after '.', '!' or '?'.
 - The dialogue's lower-case vocabulary: every word that occurs in lower case in any play.
 - PER: a word of a speaker heading (`**KING CLAUDIUS**` -> Claudius) that occurs capitalised in
-  the dialogue and never in lower case (so KING, FIRST, CLOWN, PAGE are not names).
+  the dialogue and never in lower case (so KING, FIRST, CLOWN, PAGE are not names; a title
+  a speaker goes by is: KING OF FRANCE makes every 'France' PER, as the plays use it).
 - LOC: a capitalised word of a scene heading's place (`SCENE I. Elsinore. A platform ...` ->
   Elsinore) that is not a PER word and never occurs in lower case.
 - Each run of words of one type is one entity (B-TYPE, then I-TYPE); every other word is O.

@@ -4,7 +4,6 @@ and per-piece tag ids (the first piece of each word labelled, the rest IGNORE; d
 from __future__ import annotations
 
 import grain
-import numpy as np
 
 from mmjax.data import conll
 from mmjax.errors import ConfigError

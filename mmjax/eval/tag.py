@@ -1,4 +1,4 @@
-"""Entity-level precision / recall / F1 of a tagger on a `--kind conll` split (CoNLL's definition)."""
+"""Entity-level precision / recall / F1 of a tagger on a `--kind conll` split (CoNLL's way)."""
 
 import numpy as np
 

@@ -19,6 +19,7 @@ class Tagger(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        return nn.Dense(self.num_tags, name="tagger", param_dtype=self.param_dtype,
+        head = nn.Dense(self.num_tags, name="tagger", param_dtype=self.param_dtype,
                         kernel_init=logical(nn.initializers.zeros, ("embed", "vocab")),
-                        bias_init=logical(nn.initializers.zeros, ("vocab",)))(self.text.features(tokens))
+                        bias_init=logical(nn.initializers.zeros, ("vocab",)))
+        return head(self.text.features(tokens))

@@ -19,8 +19,9 @@ from mmjax.data.build.records import TEXT, BuildError, Item, Source
 from mmjax.data.conll import DOCSTART
 
 SCHEMES = {'bio': 'BI', 'iobes': 'BIES'}
-_SPLITS = (('testa', 'validation'), ('testb', 'test'), ('train', 'train'), ('dev', 'validation'),
-           ('valid', 'validation'), ('validation', 'validation'), ('val', 'validation'), ('test', 'test'))
+_SPLITS = (('testa', 'validation'), ('testb', 'test'), ('train', 'train'),
+           ('dev', 'validation'), ('valid', 'validation'), ('validation', 'validation'),
+           ('val', 'validation'), ('test', 'test'))
 
 
 def split_of(path: str) -> str | None:
