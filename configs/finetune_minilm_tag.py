@@ -13,7 +13,8 @@ play (every 5th play is validation: 15,894 train / 3,514 validation sentences). 
 imported MiniLM text tower (6 x 384, uncased vocab.txt) and a linear head on every word piece,
 trained on each word's first piece (task 'tag'). Evaluator `tag`: entity-level P / R / F1 per
 type and micro / macro (CoNLL's definition, equal to seqeval's). Hardware: 2 CPU cores, ~15
-min. Expected: eval/tag/micro/f1 ~0.9 on the validation plays (see README).
+min (~2 s a step, ~1 min an eval). Measured: eval/tag/micro/f1 0.832 at step 200, 0.860 at 400
+(P 0.877, R 0.844; PER 0.869, LOC 0.800; macro 0.835); token accuracy 0.992.
 """
 
 import importlib.util
