@@ -149,6 +149,8 @@ def _kind_of_folder(folder: str, columns: dict) -> str:
         return 'imagefolder'
     if _folder_files(folder, ('.txt',)):
         return 'text'
+    if _folder_files(folder, CONLL_SUFFIXES):
+        return 'conll'
     tables = _folder_files(folder, TABLE_SUFFIXES)
     if tables and all(t.endswith('.jsonl') for t in tables) and _jsonl_is_text(tables[0], columns):
         return 'text'
@@ -166,8 +168,8 @@ def _folder_inputs(folder: str, kind: str) -> list[str]:
     if kind == 'karpathy':
         raise BuildError(f'--kind karpathy reads {ONE_INPUT[kind]}, not the folder {folder!r}; '
                          'pass the images with --images')
-    if kind == 'conll':   # CoNLL files carry any name (eng.train, eng.testa): all of them
-        files = _folder_files(folder, '')
+    if kind == 'conll':   # its .conll / .bio / ... files, else all (eng.train, eng.testa)
+        files = _folder_files(folder, CONLL_SUFFIXES) or _folder_files(folder, '')
         if not files:
             raise BuildError(f'folder {folder!r} holds no files for kind conll; pass another SOURCE')
         return files
