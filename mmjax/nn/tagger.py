@@ -19,7 +19,8 @@ class Tagger(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
+        # The tag axis is not sharded: a tag set (5 for BIO PER / LOC) need not divide 'tensor'.
         head = nn.Dense(self.num_tags, name="tagger", param_dtype=self.param_dtype,
-                        kernel_init=logical(nn.initializers.zeros, ("embed", "vocab")),
-                        bias_init=logical(nn.initializers.zeros, ("vocab",)))
+                        kernel_init=logical(nn.initializers.zeros, ("embed", None)),
+                        bias_init=logical(nn.initializers.zeros, (None,)))
         return head(self.text.features(tokens))
