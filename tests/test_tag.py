@@ -189,7 +189,7 @@ def test_conll_build_detects_iobes_and_names_bad_lines_without_touching_a_good_b
     assert len(build.open_split(data_dir, "tiny_ner", "validation")) == 120
 
 
-@pytest.mark.acceptance   # ~25 min on 2 busy CPU cores: run by hand (pytest -m acceptance)
+@pytest.mark.acceptance   # 15-30 min on 2 busy CPU cores: run by hand (pytest -m acceptance)
 def test_minilm_fine_tune_tags_the_plays_entities(tmp_path):
     """configs/finetune_minilm_tag.py's commands: import MiniLM, derive and build the corpus,
     fine-tune; the validation plays' micro F1 reaches the README's figure."""
