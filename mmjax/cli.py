@@ -132,7 +132,8 @@ def _data_parser(sub):
         epilog="SOURCE kinds: a table (.csv/.tsv/.jsonl/.parquet naming local images and captions), "
                "webdataset shards ('dir/{00000..00099}.tar' or a glob), an image folder "
                "(root/CLASS/*.jpg, or root/train|val/CLASS/), text (.txt files or a .jsonl with a "
-               "'text' field). Benchmarks from files you have (nothing is downloaded): imagenet "
+               "'text' field), conll (tagged sentences: WORD ... TAG lines, a blank line between "
+               "sentences; .conll/.bio/.iob files, or --kind conll). Benchmarks from files you have (nothing is downloaded): imagenet "
                "(ILSVRC2012_img_val.tar or its folder -> split 'validation', labels from --labels), "
                "karpathy (dataset_coco.json or dataset_flickr30k.json + --images: one record per "
                "image with its captions; splits test, validation, and train for the train/restval "
@@ -144,7 +145,7 @@ def _data_parser(sub):
     build.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     build.add_argument("--kind", default=None,
                        choices=("table", "webdataset", "imagefolder", "text", "imagenet",
-                                "karpathy"),
+                                "karpathy", "conll"),
                        help="default: inferred from SOURCE")
     build.add_argument("--max_side", type=int, default=None,
                        help="resize larger images so the longer side is N (re-encoded as JPEG q95, "
@@ -168,6 +169,9 @@ def _data_parser(sub):
     build.add_argument("--text_unit", default=None, choices=("file", "block"),
                        help="text: a document per .txt file, or per blank-line-separated block "
                             "(default: block for one file, file for several)")
+    build.add_argument("--tag_scheme", default=None,
+                       help="conll: the tags' scheme, bio or iobes (default: detected, iobes when "
+                            "a tag starts E- or S-)")
     build.add_argument("--labels", default=None,
                        help="imagenet: one WordNet id per line in image order, or Kaggle's "
                             "LOC_val_solution.csv (default: tensorflow-datasets' "
@@ -180,7 +184,7 @@ def _data_parser(sub):
 def _data(args):
     from mmjax.data import build
     columns = {k: getattr(args, k) for k in ("image_column", "caption_column", "split_column",
-                                             "text_unit")}
+                                             "text_unit", "tag_scheme")}
     try:
         summary = build.build(args.source, args.name, args.data_dir, kind=args.kind,
                               max_side=args.max_side, val_fraction=args.val_fraction,

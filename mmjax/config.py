@@ -68,6 +68,8 @@ RANGES = {
     "model.lm.chunk": "int [0, inf)",
     "model.classify.num_classes": "int [2, inf)",
     "model.classify.text_length": "int [0, inf)",     # 0: model.text.context_length
+    "model.tag.num_tags": "int [2, inf)",
+    "model.tag.text_length": "int [0, inf)",          # 0: model.text.context_length
     "data.image_size": "int [1, inf)",
     "data.crop_scale": "(0, 1]",
     "data.crop_ratio": "(0, inf)",
@@ -118,6 +120,7 @@ RELATIONS = (
     ("model.image.num_heads", "divides", "model.image.width"),
     ("model.text.num_heads", "divides", "model.text.width"),
     ("model.classify.text_length", "<=", "model.text.context_length"),
+    ("model.tag.text_length", "<=", "model.text.context_length"),
 )
 # Keys a config file may set in a group although defaults() has no value for them.
 OPTIONAL_KEYS = {"model.text": ("pad_id",)}
@@ -414,6 +417,9 @@ def defaults() -> ml_collections.ConfigDict:
         lm=dict(tie_embeddings=True, z_loss=0.0, chunk=0),
         # The 'classify' task: which tower's pooled features feed the linear head.
         classify=dict(tower="image", num_classes=10, text_length=0),
+        # The 'tag' task: tags of a `--kind conll` dataset (its tag set's size), text cut to
+        # text_length word pieces (0: model.text.context_length).
+        tag=dict(num_tags=9, text_length=0),
         # Fusion encoder of 'clip+itm' tasks (mmjax/nn/fusion.py): 'cross' in BLIP's layout
         # (every text block cross-attends to the image tokens in the fused pass).
         fusion=dict(kind="cross", layout="blip"),

@@ -69,7 +69,7 @@ TASKS = Registry("task", {"clip": "mmjax.tasks.clip", "mlm": "mmjax.tasks.mlm",
                           "lm": "mmjax.tasks.lm", "mlm+nsp": "mmjax.tasks.mlm_nsp",
                           "rtd": "mmjax.tasks.rtd",
                           "clip+itm": "mmjax.tasks.itm", "clip+itm+mlm": "mmjax.tasks.itm",
-                          "clip+caption": "mmjax.tasks.caption"})
+                          "clip+caption": "mmjax.tasks.caption", "tag": "mmjax.tasks.tag"})
 DATASETS = Registry("dataset", {name: "mmjax.data.sources"
                                 for name in ("digit_captions", "prose", "play_genres")})
 EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
@@ -82,4 +82,5 @@ EVALUATORS = Registry("evaluator", {"zeroshot": "mmjax.eval.zeroshot",
                                     "linear_probe": "mmjax.eval.linear_probe",
                                     "nsp": "mmjax.eval.nsp",
                                     "itm": "mmjax.eval.itm",
-                                    "caption": "mmjax.eval.caption"})
+                                    "caption": "mmjax.eval.caption",
+                                    "tag": "mmjax.eval.tag"})

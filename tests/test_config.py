@@ -37,7 +37,7 @@ def test_overrides_parse_with_the_old_type():
     ("--config.train.batch_size=big", "expects an int"),
     ("--config.train.batch_size=1.5", "expects an int"),
     ("--config.model.scan=maybe", "expects True or False"),
-    ("--config.task=vqa", "unknown task 'vqa'; valid: classify, clip, clip+caption, clip+itm, clip+itm+mlm, clip+mlm, lm, mlm, mlm+nsp, rtd"),
+    ("--config.task=vqa", "unknown task 'vqa'; valid: classify, clip, clip+caption, clip+itm, clip+itm+mlm, clip+mlm, lm, mlm, mlm+nsp, rtd, tag"),
     ("--config.optim.name=adam", "valid choices: adamw, sgd"),
     ("--config.data.train=digits:0", "positive weights"),
     ("--config.data.train=no_such_module:Data", "dataset 'no_such_module:Data' cannot be imported"),

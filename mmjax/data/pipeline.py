@@ -33,7 +33,7 @@ import grain
 import numpy as np
 
 from mmjax.config import parse_mixture
-from mmjax.data import images, packing, sentence_pairs, sources, transforms
+from mmjax.data import images, packing, sentence_pairs, sources, tagging, transforms
 from mmjax.data.bad_records import BAD_RECORD_ERRORS, MAX_REPLACEMENTS, broken, decoded
 from mmjax.errors import ConfigError
 
@@ -53,12 +53,15 @@ def _check_features(dataset, name, spec):
 
 def example_ops(dataset, spec, image_options, train, source=None, tokenizer=None):
     """The dataset's record -> example transforms, then the image transform the spec needs, or
-    the sentence pairs (B drawn from `source`, the split's records) a spec with token types does."""
+    the sentence pairs (B drawn from `source`, the split's records) a spec with token types does,
+    or the tagged rows a spec with tags does."""
     ops = list(dataset.example_ops(train=train))
     if 'image' in spec:
         ops.append(images.TrainImage(image_options) if train else images.EvalImage(image_options))
     if sentence_pairs.TYPES in spec:
         ops.append(sentence_pairs.op(dataset, source, tokenizer, spec))
+    if tagging.TAGS in spec:
+        ops.append(tagging.op(dataset, tokenizer, spec))
     return ops
 
 

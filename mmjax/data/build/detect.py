@@ -11,7 +11,8 @@ import tarfile
 
 from mmjax.data.build.records import BuildError
 
-KINDS = ('table', 'webdataset', 'imagefolder', 'text', 'imagenet', 'karpathy')
+KINDS = ('table', 'webdataset', 'imagefolder', 'text', 'imagenet', 'karpathy', 'conll')
+CONLL_SUFFIXES = ('.conll', '.bio', '.iob', '.iobes')
 ONE_INPUT = {'imagenet': 'ILSVRC2012_img_val.tar or a folder of ILSVRC2012_val_*.JPEG',
              'karpathy': 'the Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json)'}
 IMAGENET_VAL_FILE = re.compile(r'^ILSVRC2012_val_(\d{8})\.[Jj][Pp][Ee]?[Gg]$')
@@ -108,6 +109,8 @@ def _kind_of_files(files: list[str], source: str, columns: dict) -> str:
         return 'karpathy'  # The only kind read from a .json; its reader checks for "images".
     if suffixes == {'.txt'}:
         return 'text'
+    if suffixes <= set(CONLL_SUFFIXES):
+        return 'conll'
     if suffixes == {'.jsonl'} and _jsonl_is_text(files[0], columns):
         return 'text'
     if suffixes <= set(TABLE_SUFFIXES):
@@ -146,6 +149,8 @@ def _kind_of_folder(folder: str, columns: dict) -> str:
         return 'imagefolder'
     if _folder_files(folder, ('.txt',)):
         return 'text'
+    if _folder_files(folder, CONLL_SUFFIXES):
+        return 'conll'
     tables = _folder_files(folder, TABLE_SUFFIXES)
     if tables and all(t.endswith('.jsonl') for t in tables) and _jsonl_is_text(tables[0], columns):
         return 'text'
@@ -163,6 +168,11 @@ def _folder_inputs(folder: str, kind: str) -> list[str]:
     if kind == 'karpathy':
         raise BuildError(f'--kind karpathy reads {ONE_INPUT[kind]}, not the folder {folder!r}; '
                          'pass the images with --images')
+    if kind == 'conll':   # its .conll / .bio / ... files, else all (eng.train, eng.testa)
+        files = _folder_files(folder, CONLL_SUFFIXES) or _folder_files(folder, '')
+        if not files:
+            raise BuildError(f'folder {folder!r} holds no files for kind conll; pass another SOURCE')
+        return files
     suffixes = {'webdataset': ('.tar',), 'text': ('.txt', '.jsonl'), 'table': TABLE_SUFFIXES}[kind]
     files = _folder_files(folder, suffixes)
     if kind == 'text' and any(f.endswith('.txt') for f in files):

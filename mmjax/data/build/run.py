@@ -15,16 +15,17 @@ import tempfile
 from tqdm import tqdm
 
 from mmjax import paths
-from mmjax.data.build import (detect, imagefolder, imagenet, install, karpathy, store, table,
-                              text, webdataset)
+from mmjax.data.build import (conll, detect, imagefolder, imagenet, install, karpathy, store,
+                              table, text, webdataset)
 from mmjax.data.build.parallel import processed
 from mmjax.data.build.records import BuildError, Skip, Source
 from mmjax.data.build.writer import DatasetWriter
 from mmjax.data.builders import resolve_data_dir
 
 READERS = {'table': table.read, 'webdataset': webdataset.read, 'imagefolder': imagefolder.read,
-           'text': text.read, 'imagenet': imagenet.read, 'karpathy': karpathy.read}
-COLUMN_OPTIONS = ('image_column', 'caption_column', 'split_column', 'text_unit')
+           'text': text.read, 'imagenet': imagenet.read, 'karpathy': karpathy.read,
+           'conll': conll.read}
+COLUMN_OPTIONS = ('image_column', 'caption_column', 'split_column', 'text_unit', 'tag_scheme')
 DEFAULT_VAL_FRACTION = 0.01   # When the source names no validation split of its own.
 BUILD_FORMAT = 1              # Bump when the stored layout changes: old builds then rebuild.
 EARLY_ABORT_AFTER = 1000      # This many bad records and no good one yet: stop, the setup is wrong.
@@ -159,7 +160,7 @@ def build(source, name: str, data_dir=None, kind: str | None = None, max_side: i
     A rerun with the same source files (paths, sizes, mtimes; for a table: the table files, not
     the images they name; imagenet: also the labels file; karpathy: also the `images`) and
     options returns the stored summary without work; other sources or options need
-    overwrite=True. `columns`: image_column, caption_column, split_column, text_unit.
+    overwrite=True. `columns`: image_column, caption_column, split_column, text_unit, tag_scheme (conll).
     `labels` (imagenet): a labels file, default tensorflow-datasets' validation_labels.txt;
     `images` (karpathy): zips, uncompressed tars or folders, a list or comma-separated.
     workers > 1 start processes with `spawn`: call from under `if __name__ == '__main__':`."""
