@@ -46,13 +46,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start(workdir, env, processes):
-    """`processes` x (6 / processes) CPU devices running the same command."""
+def _start(workdir, env, processes, args=ARGS):
+    """`processes` x (6 / processes) CPU devices running the same command (`args`: its config)."""
     port, procs, logs = _free_port(), [], []
     pathlib.Path(workdir).parent.mkdir(parents=True, exist_ok=True)
     for i in range(processes):
         command = [sys.executable, "-m", "mmjax.cli", "train", "--workdir", str(workdir),
-                   "--data_dir", env["MMJAX_TEST_DATA_DIR"], *ARGS]
+                   "--data_dir", env["MMJAX_TEST_DATA_DIR"], *args]
         if processes > 1:
             command += ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes),
                         "--process_id", str(i)]
