@@ -1,6 +1,8 @@
 """The objectives beyond CLIP and MLM over real processes (jax.distributed, gloo): each logs
-the same losses on 2 hosts as on 1, and a 2-host run killed with -9 resumes bitwise."""
+the same losses (and its evaluators the same figures and sampled text) on 2 hosts as on 1, and
+a 2-host run killed with -9 resumes bitwise."""
 
+import json
 import signal
 import time
 
@@ -18,7 +20,8 @@ IMAGE = ["--config.model.embed_dim=16", "--config.model.image.depth=1",
 # Each smoke config, shrunk. CI runs the causal LM (packed documents: the packing windows and
 # their resume position); the others are run by hand (pytest -m acceptance), a few minutes each.
 OBJECTIVES = [
-    pytest.param(["--config", "configs/smoke_lm.py", *RUN, *TEXT], id="lm", marks=pytest.mark.slow),
+    pytest.param(["--config", "configs/smoke_lm.py", *RUN, *TEXT, "--config.train.eval_every=6"],
+                 id="lm", marks=pytest.mark.slow),   # + its evaluators at step 6: lm and samples
     pytest.param(["--config", "configs/smoke_caption.py", *RUN, *TEXT, *IMAGE], id="clip+caption",
                  marks=pytest.mark.acceptance),
     pytest.param(["--config", "configs/smoke_itm.py", *RUN, *TEXT, *IMAGE], id="clip+itm+mlm",
@@ -34,6 +37,10 @@ OBJECTIVES = [
 def test_two_hosts_log_one_hosts_losses_and_resume_bitwise_after_kill_9(tmp_path, env, args):
     one = _run(tmp_path / "one", env, 1, args)
     two = _run(tmp_path / "two", env, 2, args)
+    evals = _evals(tmp_path / "one")
+    assert evals == _evals(tmp_path / "two")
+    if "--config.train.eval_every=6" in args:
+        assert any(k.startswith("eval/samples/sample_") for k in evals), evals
     assert sorted(one) == list(range(1, 7)) and one.keys() == two.keys()
     for step in one:   # the same global batch; only the rounding of cross-host sums differs
         for key, value in one[step].items():
@@ -58,3 +65,12 @@ def test_two_hosts_log_one_hosts_losses_and_resume_bitwise_after_kill_9(tmp_path
 def _run(workdir, env, processes, args):
     _finish(*_start(workdir, env, processes, args))
     return _losses(workdir)
+
+
+def _evals(workdir):
+    """{eval/* key: value} logged at the last step: the same text and (to rounding) numbers."""
+    path = workdir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    evals = {k: v for r in records for k, v in r.items() if k.startswith("eval/")}
+    return {k: v if isinstance(v, str) else pytest.approx(v, rel=1e-5)
+            for k, v in evals.items() if "per_second" not in k and "seconds" not in k}
