@@ -44,9 +44,13 @@ def _sgd_params(config, mesh_shape, steps=10):
 
 
 def _assert_trees_close(a, b, rtol):
-    """Each leaf within `rtol` relative to its own scale: |a - b| / |b| (L2 norms)."""
+    """Each leaf within `rtol` relative to its own scale: |a - b| / |b| (L2 norms). A leaf whose
+    true value is 0 (a key bias's gradient: softmax ignores a shift shared by every key; b
+    holds rounding noise there) is held to rtol x 1e-6 of the whole tree's scale instead."""
+    floor = 1e-6 * np.sqrt(sum(np.sum(np.float64(y) ** 2) for y in jax.tree.leaves(b)))
+
     def close(path, x, y):
-        err = np.linalg.norm(np.float64(x) - y) / max(np.linalg.norm(np.float64(y)), 1e-30)
+        err = np.linalg.norm(np.float64(x) - y) / max(np.linalg.norm(np.float64(y)), floor, 1e-30)
         assert err < rtol, f"{jax.tree_util.keystr(path)}: relative error {err:.2e}"
     jax.tree_util.tree_map_with_path(close, a, b)
 
@@ -70,7 +74,7 @@ def test_clip_on_a_3d_mesh_equals_the_single_device_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["clip", "mlm", "clip+mlm"])
+@pytest.mark.parametrize("task", ["clip", "mlm", "clip+mlm", "clip+caption"])
 def test_every_task_on_every_mesh_equals_the_single_device_run(task):
     """Loss and grads of step 1 within 1e-5, params after 10 SGD steps within 1e-4."""
     _check_equal_to_single_device(task, list(MESHES))

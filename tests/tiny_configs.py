@@ -8,7 +8,8 @@ from mmjax import tasks
 from mmjax.config import defaults
 
 # What the train step needs of a tokenizer for MLM masking: ids 0-4 are special.
-TOKENIZER = types.SimpleNamespace(vocab_size=64, pad_id=0, mask_id=4, special_ids=(0, 1, 2, 3, 4))
+TOKENIZER = types.SimpleNamespace(vocab_size=64, pad_id=0, mask_id=4, special_ids=(0, 1, 2, 3, 4),
+                                  eot_id=63)   # the end token tiny_batch writes (the max id)
 
 
 def tiny_config(task="clip", **model):
@@ -17,7 +18,7 @@ def tiny_config(task="clip", **model):
     c.model.update(embed_dim=16, scan=False, **model)
     c.model.image.update(patch_size=4, width=16, depth=2, num_heads=2, mlp_dim=32)
     c.model.text.update(vocab_size=64, context_length=8, width=16, depth=2, num_heads=2, mlp_dim=32)
-    if task != "clip":
+    if task not in ("clip", "clip+caption"):   # a captioner's text tower stays causal
         c.model.text.update(causal=False, pool="first")
     if task == "mlm":
         c.model.text.update(pre_norm=False, embed_norm=True, final_norm=False, type_vocab_size=2)
