@@ -186,23 +186,28 @@ def count_torch_flops(run):
 
 
 def torch_peer(config, model, loss_fn, batches, compiled):
-    """An eager (or torch.compile'd model) step: forward, loss, backward, AdamW, zero_grad.
+    """An eager (or torch.compile'd model) step: forward, loss, backward, AdamW, zero_grad, on
+    the GPU when torch sees one (autocast to bfloat16 there too when the config computes in it).
     `step.count_flops()` runs one more step, eager, under count_torch_flops: the compiled
     model does the same matmuls, but its kernels bypass the counter."""
     torch = import_torch()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as mmjax: the first accelerator
+    model = model.to(device)
     o = config.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                            weight_decay=o.weight_decay)
+                            weight_decay=o.weight_decay, fused=device == "cuda")  # the fastest AdamW there
     forward = torch.compile(model) if compiled else model
-    batches = [{k: torch.from_numpy(np.array(v)) for k, v in b.items()} for b in batches]
+    batches = [{k: torch.from_numpy(np.array(v)).to(device) for k, v in b.items()} for b in batches]
     bf16 = config.model.dtype == "bfloat16"
 
     def step(i, forward=forward):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(forward, batches[i % len(batches)])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":  # each timed step ends when its kernels have, as mmjax's does
+            torch.cuda.synchronize()
 
     step.param_count = sum(p.numel() for p in model.parameters())
     step.count_flops = lambda: {"matmul": count_torch_flops(lambda: step(0, model))}
