@@ -180,3 +180,15 @@ def test_auto_compiles_the_splash_kernel_for_a_tpu_topology():
     assert result["kernels"] >= 3                        # forward, dq, dkv Mosaic kernels
     scores = 2 * 2 * 4096 * 4096 * 4                     # one device's [b, h, l, l] float32
     assert result["temp_bytes"] < scores / 4, result      # 37 MiB planned (libtpu 0.0.42.1)
+
+
+def test_auto_takes_cudnn_on_gpu_only_where_its_training_kernels_fit():
+    from mmjax.nn.attention import gpu_flash
+    q = jnp.zeros((2, 1024, 12, 64), jnp.bfloat16)
+    assert gpu_flash(q, q, None, None) == "cudnn"
+    assert gpu_flash(q.astype(jnp.float32), q, None, None) is None           # 32-bit inputs
+    vit = jnp.zeros((2, 197, 12, 64), jnp.bfloat16)
+    assert gpu_flash(vit, vit, None, None) is None                           # 197 % 64 != 0
+    assert gpu_flash(q, q, jnp.ones((2, 1024), bool), None) is None           # a padding mask
+    assert gpu_flash(q[:, :64], q, None, jnp.zeros((2, 64), jnp.int32)) is None  # selected rows
+    assert gpu_flash(jnp.zeros((2, 1024, 2, 256), jnp.bfloat16), q, None, None) is None  # head 256
