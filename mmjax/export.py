@@ -17,14 +17,14 @@ from mmjax import config as config_lib
 from mmjax import paths
 from mmjax import tasks
 from mmjax.checkpoint import ITEMS
-from mmjax.convert import FORMATS, hf_bert, hf_clip, hf_electra, hf_gpt2, hf_siglip, layout, open_clip
+from mmjax.convert import FORMATS, hf_bert, hf_blip, hf_clip, hf_electra, hf_gpt2, hf_siglip, layout, open_clip
 from mmjax.data import vocab as vocab_lib
 from mmjax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 FAMILIES = {"open_clip": open_clip, "hf_bert": hf_bert, "hf_gpt2": hf_gpt2, "hf_clip": hf_clip,
-            "hf_siglip": hf_siglip, "hf_electra": hf_electra}
+            "hf_siglip": hf_siglip, "hf_electra": hf_electra, "hf_blip": hf_blip}
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 CONFIG_PY = '''"""Model imported by `mmjax import --format {fmt} --src {src}`.
@@ -135,7 +135,7 @@ def load_safetensors(path):
 # The towers each reference family holds: with learned position tables only.
 LEARNED_POSITIONS_ONLY = {"open_clip": ("image", "text"), "hf_bert": ("text",), "hf_gpt2": ("text",),
                           "hf_clip": ("image", "text"), "hf_siglip": ("image", "text"),
-                          "hf_electra": ("text",)}
+                          "hf_electra": ("text",), "hf_blip": ("image", "text")}
 
 
 def check_positions(family, config):
@@ -215,7 +215,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
     if dtype:
         params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
     tokenizer = vocab_lib.read_vocab(workdir)   # the run's learned vocabulary, if it has one
-    if fmt in ("hf_bert", "hf_electra", "hf_clip", "hf_siglip") and config.data.tokenizer == "bpe":
+    if fmt in ("hf_bert", "hf_electra", "hf_clip", "hf_siglip", "hf_blip") and config.data.tokenizer == "bpe":
         raise ValueError(f"{fmt} carries CLIP's BPE or a WordPiece vocabulary; this run's "
                          "data.tokenizer is 'bpe': export it as safetensors or params")
     if fmt == "params":
@@ -226,7 +226,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
         FAMILIES[fmt].save(out, *to_reference(fmt, config, params), config)
     if tokenizer and fmt in ("hf_bert", "hf_gpt2", "hf_electra"):   # AutoTokenizer reads what they write
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config.model.text.context_length)
-    if fmt in ("hf_clip", "hf_siglip"):   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
+    if fmt in ("hf_clip", "hf_siglip", "hf_blip"):   # the processor's tokenizer: the run's WordPiece, or CLIP's BPE (None)
         FAMILIES[fmt].save_tokenizer(out, tokenizer, config)
     if tokenizer and fmt != "safetensors":
         tokenizer.save_vocab(paths.join(out, tokenizer.vocab_file))
