@@ -72,9 +72,8 @@ def canonical(flat):
                 out[f"{head}/encoder/layers_{i}/{tail}"] = x[i]
         else:
             out[name] = x
-    # Self-attention only: a cross-attention's keys and values read a context of another
-    # width, so its q / k / v stay separate (`cross_attn/{q,k,v}_*`).
-    for name in [n for n in out if n.endswith("/attn/q_kernel") or n.endswith("/attn/q_bias")]:
+    # self-attention only: cross-attention's k / v read a context of its own width (cross_attn/{q,k,v}_*)
+    for name in [n for n in out if n.endswith(("/attn/q_kernel", "/attn/q_bias"))]:
         base, kind = name.rsplit("/", 1)[0] + "/", name.rsplit("_", 1)[1]
         parts = [out.pop(f"{base}{t}_{kind}") for t in "qkv"]
         out[f"{base}qkv_{kind}"] = np.stack(parts, axis=1 if kind == "kernel" else 0)
@@ -85,7 +84,7 @@ def model_layout(flat, model_config):
     """The layout `model_config` builds (`scan`, `fused_qkv`) of canonical `flat` params."""
     out = dict(flat)
     if not model_config.fused_qkv:
-        for name in [n for n in out if n.endswith("/attn/qkv_kernel") or n.endswith("/attn/qkv_bias")]:
+        for name in [n for n in out if n.endswith("attn/qkv_kernel") or n.endswith("attn/qkv_bias")]:
             base, kind = name.rsplit("/", 1)[0] + "/", name.rsplit("_", 1)[1]
             x = out.pop(name)
             for i, t in enumerate("qkv"):
