@@ -18,6 +18,9 @@ MLM+NSP's steps are that budget over their own per-step FLOPs (RTD also runs its
 fewer steps). Same optimiser for all. Fine-tune: task 'classify' on play_genres, the pretrain
 run's vocab.txt and `text/*` params, mean-pooled, 300 steps of 32 at lr 1e-3 (head 10x),
 accuracy on its held-out split. Hardware: 2 CPU cores; minutes per run when unloaded.
+
+Measured 2026-12-04 at scale=0.5 on a shared 2-core CPU (~4-7 min per pretrain, ~1.5 min per
+fine-tune): play_genres accuracy MLM 0.812, RTD 0.449, MLM+NSP 0.785 (README's table).
 """
 
 from mmjax import tasks
