@@ -16,7 +16,15 @@ positions 1,000 steps left the discriminator at the prior (accuracy = baseline 0
 accuracy 0.872 vs 0.866, ROC-AUC 0.728; resumed to 2,000 steps (the cosine restarted at
 step 1,000, so not quite this file's schedule): accuracy 0.874 vs 0.869, ROC-AUC 0.742, the
 generator's masked-token accuracy 0.184. The issue's bar of ROC-AUC >= 0.8 is NOT met yet; a weaker generator and more replacements
-(generator_width=16, mask_rate=0.25, 1,000 steps) did worse: 0.778 vs 0.764, ROC-AUC 0.693. `mmjax export --format hf_electra` holds learned positions only: train with
+(generator_width=16, mask_rate=0.25, 1,000 steps) did worse: 0.778 vs 0.764, ROC-AUC 0.693. Why it stops there (code read 2026-12-04, no bug found): the evaluator
+corrupts each held-out row with the run's own masker and generator, as training does, and
+scores every non-padding token (label: input != original); the discriminator is calibrated to
+the ~13% replaced prior (replaced_accuracy 0.11 at logit > 0) and ranks slowly better (AUC
+0.728 at 1,000 steps, 0.742 at 2,000): with a generator at 0.18 masked-token accuracy most
+replacements are implausible, but telling them needs word order and syntax, learnt here from
+one bit per token with ~13% positives (~4M tokens in all). The bar
+needs a longer run than a CPU smoke (AUC still rising at the end). `mmjax export --format
+hf_electra` holds learned positions only: train with
 --config.model.text.position=learned to export this run to transformers.
 """
 

@@ -131,7 +131,9 @@ def test_a_misspelt_key_in_a_config_file_is_refused(tmp_path):
 
 def _shipped():
     variants = {"clip_webdataset.py": ("tpu", "cpu"), "mlm_text_files.py": ("tpu", "cpu"),
-                "finetune_minilm_genres.py": ("probe", "finetune")}
+                "finetune_minilm_genres.py": ("probe", "finetune"),
+                "compare_objectives.py": ("pretrain=mlm", "pretrain=rtd", "pretrain=nsp",
+                                          "genres=runs/cmp_mlm,scale=0.5")}
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
         name = os.path.basename(path)
         if name != "__init__.py":
@@ -143,6 +145,22 @@ def test_every_shipped_config_validates():
     assert len(names) >= 20
     for name in names:
         config_lib.load(os.path.join(ROOT, "configs", name))
+
+
+def test_the_objective_comparison_spends_one_flops_budget():
+    """MLM, RTD and MLM+NSP: steps x each task's per-step FLOPs equal (to one step's worth)."""
+    from mmjax import tasks
+    for scale in (1.0, 0.5):
+        spent = {}
+        for objective in ("mlm", "rtd", "nsp"):
+            c = config_lib.load(os.path.join(ROOT, "configs",
+                                             f"compare_objectives.py:pretrain={objective},scale={scale}"))
+            per_step = tasks.get(c, None).train_flops()
+            spent[objective] = (c.train.steps * per_step, per_step)
+        budget = spent["mlm"][0]
+        assert budget == 2000 * scale * spent["mlm"][1]
+        for total, per_step in spent.values():
+            assert abs(total - budget) <= per_step / 2, spent
 
 
 def test_the_cli_refuses_a_negative_learning_rate_in_one_line(tmp_path):
