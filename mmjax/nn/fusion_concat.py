@@ -21,7 +21,8 @@ from mmjax.nn.transformer import Encoder, dense, layer_norm
 
 class ConcatFusion(nn.Module):
     """(image tokens [b, n, c], text embeddings [b, l, e], text padding mask [b, l],
-    text rotary angles [l, d/2] or None, text rows `select` [b, m]) -> [b, m, e].
+    text rotary angles [l, d/2] or None, text rows `select` [b, m]) -> [b, m, e] (select
+    None: every text row, [b, l, e]).
 
     x = [image_tokens W + b + image_pos + type[0]; text + type[1]], [b, n + l, e]; a post-LN
     stack norms x first ('ln_embed', BERT's embedding norm), a pre-LN stack its output
@@ -49,10 +50,10 @@ class ConcatFusion(nn.Module):
         mask = jnp.concatenate([jnp.ones((b, n), bool), text_mask], axis=1)
         if rope is not None:
             rope = jnp.concatenate([jnp.zeros((n,) + rope.shape[1:], rope.dtype), rope])
-        x = Encoder(o, name="encoder")(x, mask, select + n, rope)
+        x = Encoder(o, name="encoder")(x, mask, None if select is None else select + n, rope)
         if o.pre_norm:
             x = layer_norm(o.norm_eps, name="ln_final", **kw)(x)
-        return x
+        return x if select is not None else x[:, n:]
 
 
 class ConcatDualEncoder(FusedDualEncoder):
