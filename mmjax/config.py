@@ -32,8 +32,8 @@ CHOICES = {
     "model.image.position": ("learned", "sinusoidal", "rotary"),
     "model.text.position": ("learned", "sinusoidal", "rotary"),
     "model.classify.tower": ("image", "text"),
-    "model.fusion.kind": ("cross",),
-    "model.fusion.layout": ("blip",),
+    "model.fusion.kind": ("cross", "concat"),
+    "model.fusion.layout": ("blip", "albef"),
     "train.early_stop.mode": ("max", "min"),
 }
 
@@ -63,6 +63,7 @@ RANGES = {
     **{f"model.rtd.generator_{key}": "int [0, inf)" for key in ("width", "depth", "heads", "mlp_dim")},
     "model.rtd.disc_weight": "[0, inf)",
     "model.itm.weight": "[0, inf)",
+    "model.fusion.depth": "int [0, inf)",             # 0: model.text.depth
     "model.caption.weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
     "model.lm.chunk": "int [0, inf)",
@@ -420,9 +421,12 @@ def defaults() -> ml_collections.ConfigDict:
         # The 'tag' task: tags of a `--kind conll` dataset (its tag set's size), text cut to
         # text_length word pieces (0: model.text.context_length).
         tag=dict(num_tags=9, text_length=0),
-        # Fusion encoder of 'clip+itm' tasks (mmjax/nn/fusion.py): 'cross' in BLIP's layout
-        # (every text block cross-attends to the image tokens in the fused pass).
-        fusion=dict(kind="cross", layout="blip"),
+        # Fusion encoder of 'clip+itm' tasks (tasks/itm.py ENCODERS): 'cross' in BLIP's layout
+        # (every text block cross-attends to the image tokens in the fused pass, nn/fusion.py)
+        # or ALBEF's (`depth` such blocks on top of the text tower, nn/fusion_albef.py);
+        # 'concat': one stack of `depth` blocks over [image tokens; text] (nn/fusion_concat.py,
+        # layout unused). depth 0: model.text.depth.
+        fusion=dict(kind="cross", layout="blip", depth=0),
         # ITM term's weight; labels: the batch carries 'label' and a same-label candidate is
         # never a hard negative (besides the same caption).
         itm=dict(weight=1.0, labels=False),

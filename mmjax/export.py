@@ -148,6 +148,16 @@ def check_positions(family, config):
                              f"params or safetensors, or train with model.{tower}.position='learned'")
 
 
+def check_fusion(fmt, config, params):
+    """A ValueError (one line) when `params` hold a fusion stack of their own (ALBEF's layout,
+    the single stream: 'fusion'), which no reference format has a place for."""
+    if fmt not in ("params", "safetensors") and "fusion" in params:
+        f = config.model.fusion
+        raise ValueError(f"--format {fmt} has no place for the fusion encoder of model.fusion "
+                         f"kind={f.kind!r} layout={f.layout!r}; export with --format params or "
+                         f"safetensors (hf_blip holds kind 'cross' in layout 'blip' only)")
+
+
 def to_reference(family, config, params):
     """(reference config dict, {reference name: numpy array}) of mmjax `params`."""
     fam = FAMILIES[family]
@@ -212,6 +222,7 @@ def export(workdir, fmt, out, step=None, dtype=None):
     if dtype and fmt not in ("params", "safetensors"):
         raise ValueError(f"--dtype applies to the params and safetensors formats, not {fmt!r}")
     config, step, params = read_checkpoint(workdir, step)
+    check_fusion(fmt, config, params)
     if dtype:
         params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
     tokenizer = vocab_lib.read_vocab(workdir)   # the run's learned vocabulary, if it has one

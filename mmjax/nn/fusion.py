@@ -1,5 +1,8 @@
 """Fusion encoder in BLIP's layout: a dual encoder whose text blocks can cross-attend to the image tokens.
 
+The base of the other layouts too (nn/fusion_albef.py, nn/fusion_concat.py): they replace
+`fused`, the hidden states of the fused pass; the heads and methods here serve all three.
+
 One set of text weights serves both passes: run alone (no context) the text tower is the
 contrastive tower; given the ViT's tokens, every block adds cross-attention to them
 (nn/transformer.py Block, nn/cross_attention.py) and attends bidirectionally, and a 2-way
@@ -12,6 +15,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.clip import DualEncoder, l2_normalize
 from mmjax.nn.init import logical, normal_init
+from mmjax.nn.options import EncoderOptions
 
 
 class FusedDualEncoder(DualEncoder):
@@ -22,7 +26,12 @@ class FusedDualEncoder(DualEncoder):
     - `fused_mlm_logits(image_tokens, tokens, positions)` -> [b, m, vocab], the MLM head tied
       to the token table reading the fused hidden states at `positions` [b, m];
     - `match(images, tokens)` -> [b] the ITM probability that each pair matches.
+
+    `fusion_opts`: the blocks of a fusion stack of its own (ALBEF's, the single stream's);
+    unused in BLIP's layout, whose fused pass is the text tower with cross-attention.
     """
+
+    fusion_opts: EncoderOptions | None = None
 
     def setup(self):
         super().setup()
@@ -44,13 +53,17 @@ class FusedDualEncoder(DualEncoder):
         pooled, tokens = self.image(images, all_tokens=True)
         return l2_normalize(self.image_proj(pooled)), tokens
 
+    def fused(self, image_tokens, tokens, select):
+        """The fused pass's hidden states [b, n, width] at text positions `select` [b, n]."""
+        return self.text.fused(tokens, image_tokens, select=select)
+
     def itm_logits(self, image_tokens, tokens):
         first = jnp.zeros((tokens.shape[0], 1), jnp.int32)
-        hidden = self.text.fused(tokens, image_tokens, select=first)[:, 0]   # [b, e]
+        hidden = self.fused(image_tokens, tokens, first)[:, 0]   # [b, e]
         return self.itm_head(hidden).astype(jnp.float32)
 
     def fused_mlm_logits(self, image_tokens, tokens, positions):
-        hidden = self.text.fused(tokens, image_tokens, select=positions)    # [b, m, e]
+        hidden = self.fused(image_tokens, tokens, positions)    # [b, m, e]
         return self.mlm_head(hidden, self.text.word_embeddings())
 
     def match(self, images, tokens):

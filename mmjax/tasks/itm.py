@@ -12,7 +12,12 @@ loss = contrastive + `model.itm.weight` × ITM (+ `model.mlm.weight` × MLM), ea
   microbatch (B/k candidates), as BLIP's negatives come from the GPUs' current batch.
 - MLM: the 80/10/10 masking of tasks/mlm.py on the caption, predicted through the fused pass
   with the pair's image tokens, by the MLM head tied to the token table.
+
+The fusion encoder is `ENCODERS[model.fusion kind, layout]` (BLIP's, ALBEF's, the single
+stream's): every one serves the same methods, so the terms and evaluators never ask which.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,8 @@ from mmjax.losses import mlm_loss
 from mmjax.negatives import false_negatives, hard_negatives
 from mmjax.nn import options
 from mmjax.nn.fusion import FusedDualEncoder
+from mmjax.nn.fusion_albef import AlbefDualEncoder
+from mmjax.nn.fusion_concat import ConcatDualEncoder
 from mmjax.nn.text import TextTransformer
 from mmjax.nn.vit import ViT
 from mmjax.tasks import TASKS
@@ -88,44 +95,86 @@ def fused_mlm_term(config, tokenizer, model, weight):
     return ExampleTerm(fn, weight)
 
 
-def fused_text_forward(b, rows, text, n_img, img_width, selected=None):
-    """Forward FLOPs of the text tower on b pairs with cross-attention to n_img image tokens in
-    every layer (the last layer's queries at `selected` rows when given)."""
-    w, last = text.width, rows if selected is None else selected
+def fused_text_forward(b, rows, text, n_img, img_width, selected=None, depth=None):
+    """Forward FLOPs of the text tower (or `depth` blocks like its own) on b pairs with
+    cross-attention to n_img image tokens in every layer (the last layer's queries at
+    `selected` rows when given)."""
+    w, last, depth = text.width, rows if selected is None else selected, depth or text.depth
     cross = lambda r: 2 * b * r * 2 * w * w + 2 * b * n_img * 2 * img_width * w + 4 * b * r * n_img * w
-    return (flops.encoder_forward(b, rows, w, text.mlp_dim, text.depth, selected)
-            + (text.depth - 1) * cross(rows) + cross(last))
+    return (flops.encoder_forward(b, rows, w, text.mlp_dim, depth, selected)
+            + (depth - 1) * cross(rows) + cross(last))
 
 
-def itm_train_flops(b, image, text, image_size, prune=True):
+def blip_forward(b, m, n_img, selected=None):
+    """Forward FLOPs of BLIP's fused pass on b pairs (config.model `m`): the text tower with
+    cross-attention in every layer."""
+    return fused_text_forward(b, m.text.context_length, m.text, n_img, m.image.width, selected)
+
+
+def albef_forward(b, m, n_img, selected=None):
+    """ALBEF's: the whole text tower, then the fusion stack (cross-attention in every layer)."""
+    t, rows = m.text, m.text.context_length
+    return (flops.encoder_forward(b, rows, t.width, t.mlp_dim, t.depth)
+            + fused_text_forward(b, rows, t, n_img, m.image.width, selected, fusion_depth(m)))
+
+
+def concat_forward(b, m, n_img, selected=None):
+    """The single stream's: the image tokens' projection, the stack over n_img + l rows."""
+    t = m.text
+    return 2 * b * n_img * m.image.width * t.width + flops.encoder_forward(
+        b, n_img + t.context_length, t.width, t.mlp_dim, fusion_depth(m), selected)
+
+
+# (model.fusion.kind, layout) -> (the fused model, forward FLOPs of its fused pass); 'concat'
+# has one layout, whatever `layout` says.
+ENCODERS = {("cross", "blip"): (FusedDualEncoder, blip_forward),
+            ("cross", "albef"): (AlbefDualEncoder, albef_forward),
+            ("concat", None): (ConcatDualEncoder, concat_forward)}
+
+
+def encoder_entry(model_config):
+    f = model_config.fusion
+    key = (f.kind, None if f.kind == "concat" else f.layout)
+    if key not in ENCODERS:
+        raise ValueError(f"model.fusion kind={f.kind!r} layout={f.layout!r} unknown; valid: "
+                         f"kind 'cross' with layout 'blip' or 'albef', or kind 'concat'")
+    return ENCODERS[key]
+
+
+def fusion_depth(model_config):
+    """The fusion stack's depth: model.fusion.depth, 0 meaning model.text.depth."""
+    return model_config.fusion.get("depth", 0) or model_config.text.depth
+
+
+def itm_train_flops(b, m, image_size, prune=True):
     """The ITM term: the ViT at every row (3x), the text tower pooled without gradients (1x),
-    the fused text tower on 3b pairs, read at the first token (3x)."""
+    the fused pass on 3b pairs, read at the first token (3x)."""
+    image, text = m.image, m.text
     n_img = (image_size // image.patch_size) ** 2 + (image.pool == "cls")
     vit = flops.encoder_forward(b, n_img, image.width, image.mlp_dim, image.depth)
     pooled = flops.encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth,
                                    flops.text_pooled_rows(text, prune))
-    fused = fused_text_forward(3 * b, text.context_length, text, n_img, image.width,
-                               1 if prune else None)
+    fused = encoder_entry(m)[1](3 * b, m, n_img, 1 if prune else None)
     return 3 * vit + pooled + 3 * fused
 
 
 @TASKS.register("clip+itm")
 class ClipItm(Clip):
-    """The dual encoder's contrastive loss + ITM on hard negatives (`model.fusion`: kind
-    'cross', layout 'blip': the text tower's blocks cross-attend to the image tokens)."""
+    """The dual encoder's contrastive loss + ITM on hard negatives through the fusion encoder
+    `model.fusion` names (`ENCODERS`)."""
 
     with_mlm = False
 
     def build_model(self):
         m = self.config.model
-        if (m.fusion.kind, m.fusion.layout) != ("cross", "blip"):
-            raise ValueError(f"model.fusion kind={m.fusion.kind!r} layout={m.fusion.layout!r} is not "
-                             f"built yet; use kind='cross', layout='blip'")
-        return FusedDualEncoder(ViT(options.from_config(m, "image")),
-                                TextTransformer(options.from_config(m, "text", self.tokenizer)),
-                                m.embed_dim, init_logit_bias=m.get("init_logit_bias"),
-                                mlm_head=mlm_head(m) if self.with_mlm else None,
-                                param_dtype=np.dtype(m.param_dtype))
+        text = options.from_config(m, "text", self.tokenizer)
+        stack = options.EncoderOptions(**{f.name: getattr(text, f.name)
+                                          for f in dataclasses.fields(options.EncoderOptions)})
+        return encoder_entry(m)[0](ViT(options.from_config(m, "image")), TextTransformer(text),
+                                   m.embed_dim, init_logit_bias=m.get("init_logit_bias"),
+                                   mlm_head=mlm_head(m) if self.with_mlm else None,
+                                   param_dtype=np.dtype(m.param_dtype),
+                                   fusion_opts=stack.replace(depth=fusion_depth(m), causal=False))
 
     def batch_spec(self):
         spec = super().batch_spec()
@@ -150,7 +199,7 @@ class ClipItm(Clip):
         """CLIP's, plus the ITM term (mmjax/flops.py's conventions: a backward is 2 forwards)."""
         m, d = self.config.model, self.config.data
         return super().train_flops() + itm_train_flops(
-            self.config.train.batch_size, m.image, m.text, d.image_size, flops.prunes(m))
+            self.config.train.batch_size, m, d.image_size, flops.prunes(m))
 
 
 @TASKS.register("clip+itm+mlm")
@@ -172,5 +221,5 @@ class ClipItmMlm(ClipItm):
         rows = m.mlm.max_predictions if flops.prunes(m) else None
         return super().train_flops() + 3 * (
             flops.encoder_forward(b, n_img, m.image.width, m.image.mlp_dim, m.image.depth)
-            + fused_text_forward(b, m.text.context_length, m.text, n_img, m.image.width, rows)
+            + encoder_entry(m)[1](b, m, n_img, rows)
             + flops.mlm_head_forward(b, m.text, m.mlm.max_predictions))
