@@ -18,6 +18,8 @@ class FusedDualEncoder(DualEncoder):
     """DualEncoder (`__call__`, `encode_image`, `encode_text` as there) plus the fused pass:
 
     - `image_features(images)` -> (zimg [b, d], image tokens [b, n_img, w_img]) from one ViT pass;
+    - `fused_features(image_tokens, tokens)` -> [b, width] the fused first token (what the
+      ITM head and a fine-tuned classifier, nn/classifier.py FusedClassifier, read);
     - `itm_logits(image_tokens, tokens)` -> [b, 2] (index 1: "matches");
     - `fused_mlm_logits(image_tokens, tokens, positions)` -> [b, m, vocab], the MLM head tied
       to the token table reading the fused hidden states at `positions` [b, m];
@@ -33,7 +35,8 @@ class FusedDualEncoder(DualEncoder):
 
     @property
     def serves(self) -> tuple:
-        return ("encode_image", "encode_text", "image_features", "itm_logits", "match") + (
+        return ("encode_image", "encode_text", "image_features", "fused_features", "itm_logits",
+                "match") + (
             ("fused_mlm_logits",) if self.mlm_head else ())
 
     def scale(self):
@@ -44,10 +47,12 @@ class FusedDualEncoder(DualEncoder):
         pooled, tokens = self.image(images, all_tokens=True)
         return l2_normalize(self.image_proj(pooled)), tokens
 
-    def itm_logits(self, image_tokens, tokens):
+    def fused_features(self, image_tokens, tokens):
         first = jnp.zeros((tokens.shape[0], 1), jnp.int32)
-        hidden = self.text.fused(tokens, image_tokens, select=first)[:, 0]   # [b, e]
-        return self.itm_head(hidden).astype(jnp.float32)
+        return self.text.fused(tokens, image_tokens, select=first)[:, 0]     # [b, e]
+
+    def itm_logits(self, image_tokens, tokens):
+        return self.itm_head(self.fused_features(image_tokens, tokens)).astype(jnp.float32)
 
     def fused_mlm_logits(self, image_tokens, tokens, positions):
         hidden = self.text.fused(tokens, image_tokens, select=positions)    # [b, m, e]
