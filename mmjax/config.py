@@ -31,7 +31,7 @@ CHOICES = {
     "model.text.activation": ("gelu", "gelu_tanh", "quick_gelu", "relu"),
     "model.image.position": ("learned", "sinusoidal", "rotary"),
     "model.text.position": ("learned", "sinusoidal", "rotary"),
-    "model.classify.tower": ("image", "text"),
+    "model.classify.tower": ("image", "text", "fusion"),
     "model.fusion.kind": ("cross", "concat"),
     "model.fusion.layout": ("blip", "albef"),
     "train.early_stop.mode": ("max", "min"),
@@ -422,7 +422,8 @@ def defaults() -> ml_collections.ConfigDict:
         # coefficient of PaLM's log(Z)² term (0: off); chunk: the loss runs the head on this
         # many positions at a time, never holding [batch, length, vocab] logits (0: at once).
         lm=dict(tie_embeddings=True, z_loss=0.0, chunk=0),
-        # The 'classify' task: which tower's pooled features feed the linear head.
+        # The 'classify' task: which tower's pooled features feed the linear head ('fusion': the
+        # fused first token of an (image, text) pair, through model.fusion's encoder).
         classify=dict(tower="image", num_classes=10, text_length=0),
         # The 'tag' task: tags of a `--kind conll` dataset (its tag set's size), text cut to
         # text_length word pieces (0: model.text.context_length).

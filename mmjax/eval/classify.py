@@ -13,10 +13,11 @@ class Accuracy(Evaluator):
     def __init__(self, run_setup, spec, data_dir):
         super().__init__(run_setup, spec, data_dir)
         self.batch_spec = run_setup.task.batch_spec()
-        self.input_key = next(k for k in self.batch_spec if k != "label")
+        self.input_keys = tuple(k for k in self.batch_spec if k != "label")   # e.g. image, text
 
     def _logits(self, params, batch, index):
-        return {"logits": self.apply(params, (batch[self.input_key],), None), "label": batch["label"]}
+        inputs = tuple(batch[k] for k in self.input_keys)
+        return {"logits": self.apply(params, inputs, None), "label": batch["label"]}
 
     def run(self, params):
         out = self.map_split(self._logits, params, self.batch_spec)

@@ -22,6 +22,8 @@ class FusedDualEncoder(DualEncoder):
     """DualEncoder (`__call__`, `encode_image`, `encode_text` as there) plus the fused pass:
 
     - `image_features(images)` -> (zimg [b, d], image tokens [b, n_img, w_img]) from one ViT pass;
+    - `fused_features(image_tokens, tokens)` -> [b, width] the fused first token (what the
+      ITM head and a fine-tuned classifier, nn/classifier.py FusedClassifier, read);
     - `itm_logits(image_tokens, tokens)` -> [b, 2] (index 1: "matches");
     - `fused_mlm_logits(image_tokens, tokens, positions)` -> [b, m, vocab], the MLM head tied
       to the token table reading the fused hidden states at `positions` [b, m];
@@ -42,7 +44,8 @@ class FusedDualEncoder(DualEncoder):
 
     @property
     def serves(self) -> tuple:
-        return ("encode_image", "encode_text", "image_features", "itm_logits", "match") + (
+        return ("encode_image", "encode_text", "image_features", "fused_features", "itm_logits",
+                "match") + (
             ("fused_mlm_logits",) if self.mlm_head else ())
 
     def scale(self):
@@ -57,10 +60,13 @@ class FusedDualEncoder(DualEncoder):
         """The fused pass's hidden states [b, n, width] at text positions `select` [b, n]."""
         return self.text.fused(tokens, image_tokens, select=select)
 
-    def itm_logits(self, image_tokens, tokens):
+    def fused_features(self, image_tokens, tokens):
+        """[b, width] the fused first token: what the ITM head (and a fused classifier) reads."""
         first = jnp.zeros((tokens.shape[0], 1), jnp.int32)
-        hidden = self.fused(image_tokens, tokens, first)[:, 0]   # [b, e]
-        return self.itm_head(hidden).astype(jnp.float32)
+        return self.fused(image_tokens, tokens, first)[:, 0]
+
+    def itm_logits(self, image_tokens, tokens):
+        return self.itm_head(self.fused_features(image_tokens, tokens)).astype(jnp.float32)
 
     def fused_mlm_logits(self, image_tokens, tokens, positions):
         hidden = self.fused(image_tokens, tokens, positions)    # [b, m, e]

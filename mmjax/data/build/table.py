@@ -1,4 +1,11 @@
-"""Reads caption tables (CSV, TSV, JSONL, parquet) whose rows name an image and a caption."""
+"""Reads caption tables (CSV, TSV, JSONL, parquet) whose rows name an image and a caption, or
+question tables (columns image, question, answer: VQA-style) whose answers become the classes.
+
+A question table is one with a 'question' or 'answer' column (and no --caption_column): each row
+is a record with the question as its text and the index of its answer as its label; the class
+names are the distinct answers (stripped), sorted, stored with the dataset. A row's key is its
+image, so with --val_fraction all questions about one image land in the same split.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Iterator
 from mmjax.data.build.detect import CAPTION_COLUMNS, IMAGE_COLUMNS, SPLIT_COLUMNS
 from mmjax.data.build.records import IMAGE_TEXT, BuildError, Item, Skip, Source
 
+QUESTION_ANSWER = ('image', 'text', 'label')
 SPLIT_NAMES = {'train': 'train', 'val': 'validation', 'valid': 'validation',
                'validation': 'validation', 'dev': 'validation', 'test': 'test'}
 
@@ -95,7 +103,13 @@ def _image_of(value, folder: str) -> dict | None:
     return {'image_path': os.path.join(folder, os.path.expanduser(value))}
 
 
-def _items(path: str, rows, image_col, caption_col, split_col, key_col) -> Iterator[Item | Skip]:
+def _answer(row, answer_col) -> str:
+    value = row.get(answer_col)
+    return '' if value is None else str(value).strip()
+
+
+def _items(path: str, rows, image_col, caption_col, split_col, key_col, answer_col=None,
+           label_of=None) -> Iterator[Item | Skip]:
     folder, base = os.path.dirname(path), os.path.basename(path)
     for number, row in enumerate(rows, start=1):
         where = f'{base} row {number}'
@@ -114,6 +128,15 @@ def _items(path: str, rows, image_col, caption_col, split_col, key_col) -> Itera
             yield Skip(where, 'missing_image')
             continue
         caption = row.get(caption_col)
+        if answer_col:   # a question table: keyed by its image, named by its row
+            answer = _answer(row, answer_col)
+            if not answer:
+                yield Skip(where, 'missing_answer')
+                continue
+            key = str(row[image_col]).strip() if 'image_path' in image else where
+            yield Item(key=key, where=f'{where} ({str(row[image_col]).strip()[:60]})', split=split,
+                       text=caption, label=label_of[answer], **image)
+            continue
         if 'image_path' in image:
             key = where = str(row[image_col]).strip()
         else:
@@ -121,26 +144,65 @@ def _items(path: str, rows, image_col, caption_col, split_col, key_col) -> Itera
         yield Item(key=key, where=where, split=split, text=caption, **image)
 
 
+def _qa_columns(found: list[str], columns: dict, path: str) -> tuple | None:
+    """(question, answer) column names of a question table, None for a caption table."""
+    lower = {c.lower(): c for c in found}
+    if columns.get('caption_column') or not {'question', 'answer'} & set(lower):
+        return None
+    for have, missing in (('question', 'answer'), ('answer', 'question')):
+        if missing not in lower:
+            raise BuildError(f'{path} has a {have!r} column but no {missing!r} column (columns: '
+                             f'{", ".join(found)}); a question table has image, question and '
+                             f'answer columns')
+    return lower['question'], lower['answer']
+
+
 def _columns_of(path: str, columns: dict) -> tuple:
-    """(image, caption, split, key) column names of one table; missing ones are an error."""
+    """(image, caption or question, split, key, answer or None) column names of one table;
+    missing ones are an error."""
     rows = _rows(path)
     found = next(rows)
     rows.close()
+    qa = _qa_columns(found, columns, path)
     return (_pick(found, columns.get('image_column'), IMAGE_COLUMNS, 'image', '--image_column', path),
-            _pick(found, columns.get('caption_column'), CAPTION_COLUMNS, 'caption',
-                  '--caption_column', path),
+            qa[0] if qa else _pick(found, columns.get('caption_column'), CAPTION_COLUMNS, 'caption',
+                                   '--caption_column', path),
             _pick(found, columns.get('split_column'), SPLIT_COLUMNS, 'split', '--split_column', path,
                   required=False),
-            'key' if 'key' in found else None)  # img2dataset's record id.
+            'key' if 'key' in found else None,  # img2dataset's record id.
+            qa[1] if qa else None)
+
+
+def _answers(files: list[str], names: list[tuple]) -> list[str]:
+    """The sorted distinct answers of question tables (a first pass over the rows)."""
+    found = set()
+    for path, file_columns in zip(files, names):
+        rows = _rows(path)
+        next(rows)
+        found |= {_answer(row, file_columns[4]) for row in rows if isinstance(row, dict)}
+    found.discard('')
+    if not found:
+        raise BuildError(f'the answer column of {", ".join(files)} is empty in every row; '
+                         f'fill in the answers (they become the classes)')
+    return sorted(found)
 
 
 def read(files: list[str], columns: dict) -> Source:
-    """All rows of `files` (in order) as image-caption items; columns are checked up front."""
+    """All rows of `files` (in order) as image-caption items, or image-question items labelled
+    with their answer's index; columns are checked up front."""
     names = [_columns_of(path, columns) for path in files]
+    qa = [path for path, n in zip(files, names) if n[4]]
+    if qa and len(qa) != len(files):
+        plain = next(path for path, n in zip(files, names) if not n[4])
+        raise BuildError(f'{qa[0]} is a question table (question, answer columns), {plain} a '
+                         f'caption table; build them as two datasets')
+    class_names = _answers(files, names) if qa else None
+    label_of = {answer: index for index, answer in enumerate(class_names or ())}
 
     def items():
         for path, file_columns in zip(files, names):
             rows = _rows(path)
             next(rows)
-            yield from _items(path, rows, *file_columns)
-    return Source(features=IMAGE_TEXT, items=items(), has_splits=any(n[2] for n in names))
+            yield from _items(path, rows, *file_columns, label_of=label_of)
+    return Source(features=QUESTION_ANSWER if qa else IMAGE_TEXT, items=items(),
+                  class_names=class_names, has_splits=any(n[2] for n in names))
