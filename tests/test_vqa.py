@@ -160,8 +160,10 @@ def test_a_clip_itm_run_loads_into_the_fused_classifier_which_fits_a_batch(tmp_p
 
 
 def _train(*args, cwd):
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()   # one device, as a user runs it
+             if not f.startswith("--xla_force_host_platform_device_count")]
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT})
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": " ".join(flags)})
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
