@@ -25,9 +25,9 @@ import os
 
 from mmjax.configs import smoke_itm
 
-_TEXT_TOWER = ("text/token_embed/*", "text/pos_embedding", "text/ln_final/*",   # not its
-               "text/encoder/*/attn/*", "text/encoder/*/ln1/*", "text/encoder/*/ln2/*",   # cross-
-               "text/encoder/*/mlp/*")                                                    # attention
+_TEXT_TOWER = ("text/token_embed/*", "text/pos_embedding", "text/ln_embed/*",   # not its
+               "text/ln_final/*", "text/encoder/*/attn/*", "text/encoder/*/ln1/*",   # cross-
+               "text/encoder/*/ln2/*", "text/encoder/*/mlp/*")                       # attention
 LOAD = {"fusion": (("image/*", "text/*"), (("", "fusion/"),)),
         "text": (_TEXT_TOWER, ()),
         "image": (("image/*",), ())}
@@ -40,10 +40,6 @@ def get_config(tower="fusion", source="runs/smoke_itm"):
     c.task = "classify"
     c.data.update(train="digit_questions", vocab_file=os.path.join(source, "vocab.txt"))
     c.model.classify.update(tower=tower, num_classes=12)
-    # Separate q, k, v kernels (the same arithmetic): init_from's canonical layout fuses the
-    # cross-attention's q, k, v as it does self-attention's, and only this layout splits them
-    # back (mmjax/convert/layout.py matches any name ending 'attn/q_kernel').
-    c.model.fused_qkv = False
     load, rename = LOAD[tower]
     c.init.update(source=source, load=load, rename=rename)
     c.optim.update(lr=1e-3, warmup_steps=30, weight_decay=0.01, head=("classifier/*",),

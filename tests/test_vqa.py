@@ -136,7 +136,6 @@ def test_a_clip_itm_run_loads_into_the_fused_classifier_which_fits_a_batch(tmp_p
     export.save_params(str(tmp_path / "itm"), source, params)
 
     config = _fusion_config()
-    config.model.fused_qkv = False   # configs/finetune_vqa_digits.py says why
     config.init.update(source=str(tmp_path / "itm"), load=("image/*", "text/*"), rename=(("", "fusion/"),))
     run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:1])
     state, note = init_from.load_into(run, run.init_state())
