@@ -13,7 +13,9 @@ discriminator BCE. Global batch 256 rows of 512 tokens, 64 rows per chip on 4 v4
 FSDP, bfloat16 compute, AdamW(2e-4, wd 0.01) for 766k steps, ELECTRA-base's schedule.
 Exports with `mmjax export --format hf_electra`.
 
-`mmjax compile` figures: README, "Will it fit?".
+`mmjax compile --topology v4-8` (jax 0.10.2, libtpu 0.0.42.1; 190 s on a 2-core CPU): peak
+22.2 GiB per chip of 32 GiB HBM, fits; 8.69e13 FLOPs a step, >= 79 ms at 100% MFU (README,
+"Will it fit?").
 """
 
 from mmjax.configs import recipe_bert_base_512
