@@ -16,7 +16,9 @@ text per image and image per text, drawn from the global batch by the contrastiv
 + MLM through the fused pass (15%, 6 slots). 128 pairs per chip on 32 v4 chips (32 GiB HBM
 each), FSDP, bfloat16 compute, dots rematerialisation; AdamW(2e-4, wd 0.05) as BLIP.
 
-`mmjax compile` figures: README, "Will it fit?".
+`mmjax compile --topology v4-64` (jax 0.10.2, libtpu 0.0.42.1; 12 min on a loaded 2-core
+CPU): peak 28.5 GiB per chip of 32 GiB HBM, fits; 1.96e15 FLOPs a step, >= 223 ms at 100% MFU
+(README, "Will it fit?").
 """
 
 from mmjax.configs import recipe_clip_b16_32k
