@@ -25,6 +25,7 @@ fine-tune): play_genres accuracy MLM 0.812, RTD 0.449, MLM+NSP 0.785 (README's t
 
 from mmjax import tasks
 from mmjax.config import defaults
+from mmjax.configs import smoke_mlm
 
 REFERENCE_STEPS = 2000   # smoke_mlm's: the budget is MLM's FLOPs over these steps
 FINETUNE_STEPS = 300
@@ -40,12 +41,12 @@ def _args(arg: str) -> dict:
 
 
 def _tower(c):
-    c.data.update(train="prose", tokenizer="wordpiece")
-    c.model.scan = False  # 2 layers: unrolled runs faster on CPU
-    c.model.text.update(vocab_size=8192, context_length=64, width=128, depth=2, num_heads=4,
-                        mlp_dim=512, causal=False, pool="first", pre_norm=False, embed_norm=True,
-                        final_norm=False, type_vocab_size=2, norm_eps=1e-12, position="rotary")
-    c.model.mlm.update(max_predictions=10)
+    """smoke_mlm's tower, data and masking, with smoke_rtd's rotary positions."""
+    mlm = smoke_mlm.get_config()
+    c.data.update(train=mlm.data.train, tokenizer=mlm.data.tokenizer)
+    c.model.scan = mlm.model.scan
+    c.model.text.update({**mlm.model.text.to_dict(), "position": "rotary"})
+    c.model.mlm.update(max_predictions=mlm.model.mlm.max_predictions)
     return c
 
 
