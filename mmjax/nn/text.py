@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from mmjax.nn import positions
 from mmjax.nn.attention import take_rows
+from mmjax.nn.embed import Embed
 from mmjax.nn.init import logical, normal_init
 from mmjax.nn.options import TextOptions
 from mmjax.nn.transformer import Encoder, layer_norm
@@ -45,14 +46,14 @@ class TextTransformer(nn.Module):
         # Under the fixed sinusoids, tokens start at unit scale as theirs: init std width^-0.5,
         # times sqrt(width) in `features` (Vaswani et al. §3.4; fairseq's Embedding + embed_scale).
         std = o.width ** -0.5 if o.position == "sinusoidal" else 0.02
-        self.token_embed = nn.Embed(o.vocab_size, o.width, **kw,
-                                    embedding_init=logical(normal_init(std), ("vocab", "embed")))
+        self.token_embed = Embed(o.vocab_size, o.width, **kw,
+                                 embedding_init=logical(normal_init(std), ("vocab", "embed")))
         if o.position == "learned":
             self.pos_embedding = self.param("pos_embedding", logical(normal_init(0.01), ("length", "embed")),
                                             (o.context_length, o.width), o.param_dtype)
         if o.type_vocab_size:
-            self.type_embed = nn.Embed(o.type_vocab_size, o.width, **kw,
-                                       embedding_init=logical(normal_init(0.02), (None, "embed")))
+            self.type_embed = Embed(o.type_vocab_size, o.width, **kw,
+                                    embedding_init=logical(normal_init(0.02), (None, "embed")))
         if o.embed_norm:
             self.ln_embed = layer_norm(o.norm_eps, **kw)
         self.encoder = Encoder(o)
