@@ -13,7 +13,9 @@ from mmjax.configs import bench_mlm_s
 
 def get_config():
     c = bench_mlm_s.get_config()
-    c.model.update(dtype="bfloat16", scan=True)  # 12 layers: scan keeps the compile short
+    # Unrolled: on an H200 the step is faster than scanned (63 vs 81 ms; the scan stacks every
+    # layer's saved activations and copies its carries) for a compile under a minute.
+    c.model.update(dtype="bfloat16", scan=False)
     c.model.text.update(width=768, depth=12, num_heads=12, mlp_dim=3072)
     c.train.update(batch_size=256)
     return c

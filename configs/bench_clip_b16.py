@@ -14,7 +14,9 @@ from mmjax.configs import bench_clip_s
 
 def get_config():
     c = bench_clip_s.get_config()
-    c.model.update(dtype="bfloat16", scan=True)  # 12 layers: scan keeps the compile short
+    # Unrolled: on an H200 the step is faster than scanned (143 vs 170 ms; the scan stacks every
+    # layer's saved activations and copies its carries) for a compile under a minute.
+    c.model.update(dtype="bfloat16", scan=False)
     c.model.update(embed_dim=512)
     c.model.image.update(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072)
     c.model.text.update(context_length=77, width=512, depth=12, num_heads=8, mlp_dim=2048)
