@@ -453,3 +453,27 @@ def test_hf_bert_peer_is_mmjaxs_size_and_trains(monkeypatch):
     assert my_loss == pytest.approx(np.log(t.vocab_size), rel=0.2)
     assert changed > 0.9, f"one step of the HF peer changed {changed:.0%} of its parameters"
     assert my_changed > 0.9
+
+
+def test_profile_summary_sums_ops_by_name_and_counts_overlaps_once():
+    """benchmarks/profile_step.summarize on a hand-made Perfetto trace: a GPU stream's kernels
+    summed by HLO op (the host's events and the runtime's '::' scopes left out), busy time
+    the union of the intervals, per step."""
+    from benchmarks.profile_step import summarize
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #14"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 8, "args": {"name": "Stream #15"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 1, "args": {"name": "python"}}]
+    def kernel(tid, ts, dur, name, hlo_op=None):
+        return {"ph": "X", "pid": 1, "tid": tid, "ts": ts, "dur": dur, "name": name,
+                "args": {"hlo_op": hlo_op} if hlo_op else {}}
+    events = [kernel(7, 0, 100, "gemm_a", "dot.1"), kernel(7, 150, 50, "gemm_a", "dot.1"),
+              kernel(8, 180, 40, "memcpy"), kernel(7, 300, 30, "scatter"),
+              kernel(7, 0, 400, "Thunk::Execute"),
+              {"ph": "X", "pid": 2, "tid": 1, "ts": 0, "dur": 999, "name": "train_step", "args": {}}]
+    out = summarize({"traceEvents": meta + events}, steps=2, top=10)
+    assert [(o["name"], o["ms_per_step"]) for o in out["ops"]] == [
+        ("dot.1  [gemm_a]", 0.075), ("memcpy", 0.02), ("scatter", 0.015)]
+    # union: [0,100] + [150,220] + [300,330] = 200 us over 2 steps
+    assert out["busy_ms_per_step"] == 0.1 and out["summed_op_ms_per_step"] == 0.11
