@@ -70,6 +70,19 @@ def _finish(procs, logs):
     return logs[0].read_text()
 
 
+def _kill_after_checkpoint_2(workdir, procs, logs):
+    """Waits until the run `procs` (each writing to `logs`) has saved checkpoint 2 and logged
+    step 3, then kills every process with -9."""
+    deadline = time.time() + TIMEOUT
+    while not (workdir / "checkpoints" / "2").is_dir() or len(_losses_or_none(workdir)) < 3:
+        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def _losses(workdir):
     """{step: {train/*loss*: value}}."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
@@ -114,14 +127,7 @@ def test_killed_on_two_hosts_resumes_on_three_bitwise(tmp_path, env, uninterrupt
     its last checkpoint and continues bitwise as an uninterrupted 3-host run."""
     workdir = tmp_path / "run"
     procs, logs = _start(workdir, env, 2)
-    deadline = time.time() + TIMEOUT
-    while not (workdir / "checkpoints" / "2").is_dir() or len(_losses_or_none(workdir)) < 3:
-        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_after_checkpoint_2(workdir, procs, logs)
     before = _losses(workdir)   # what the two hosts logged: as on one host
     _assert_same_up_to_rounding(before, uninterrupted(1), before)
     output = _finish(*_start(workdir, env, 3))

@@ -3,12 +3,10 @@ the same losses (and its evaluators the same figures and sampled text) on 2 host
 a 2-host run killed with -9 resumes bitwise."""
 
 import json
-import signal
-import time
 
 import pytest
 
-from test_multihost_data import TIMEOUT, _finish, _losses, _losses_or_none, _start, env  # noqa: F401
+from test_multihost_data import _finish, _kill_after_checkpoint_2, _losses, _start, env  # noqa: F401
 
 RUN = ["--config.train.steps=6", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
        "--config.train.eval_every=1000", "--config.train.batch_size=24"]
@@ -47,14 +45,7 @@ def test_two_hosts_log_one_hosts_losses_and_resume_bitwise_after_kill_9(tmp_path
             assert two[step][key] == pytest.approx(value, rel=1e-5), (step, key)
     workdir = tmp_path / "killed"
     procs, logs = _start(workdir, env, 2, args)
-    deadline = time.time() + TIMEOUT
-    while not (workdir / "checkpoints" / "2").is_dir() or len(_losses_or_none(workdir)) < 3:
-        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _kill_after_checkpoint_2(workdir, procs, logs)
     output = _finish(*_start(workdir, env, 2, args))
     assert "resuming at step" in output, output[-3000:]
     resumed = _losses(workdir)
