@@ -42,12 +42,6 @@ class ConcatFusion(nn.Module):
                          o.param_dtype)
         types = self.param("type_embed", logical(normal_init(0.02), (None, "embed")), (2, e),
                            o.param_dtype).astype(o.dtype)
-        # Pinned batch-sharded before the concatenation. Unpinned, XLA's SPMD partitioner (jax
-        # 0.10.2, Shardy and GSPMD alike) miscompiled the scanned value_and_grad step on data x
-        # fsdp x tensor: a collective-permute took the text tower's last MLP activations to the
-        # transposed device order of fc2's ('tensor', 'fsdp') kernel and none took them back, so
-        # batch shards 1 and 2 mixed (contrastive loss 3.767 vs 3.860; tests/test_fusion.py).
-        text = nn.with_logical_constraint(text, ("batch", "length", "activation_embed"))
         x = jnp.concatenate([image + pos.astype(o.dtype) + types[0], text.astype(o.dtype) + types[1]],
                             axis=1)                                          # [b, n + l, e]
         x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
