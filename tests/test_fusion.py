@@ -119,18 +119,18 @@ def test_fused_model_one_text_tower_and_the_vit_tokens(fused):
     assert not np.allclose(probs, other)
 
 
-@pytest.mark.parametrize("fusion,scan", [
-    (dict(kind="cross", layout="blip"), True),
-    (dict(kind="cross", layout="albef", depth=1), True),
-    (dict(kind="concat", depth=2), False)],
+@pytest.mark.parametrize("fusion", [
+    dict(kind="cross", layout="blip"),
+    dict(kind="cross", layout="albef", depth=1),
+    dict(kind="concat", depth=2)],
     ids=["blip", "albef", "concat"])
-def test_clip_itm_mlm_loss_on_a_3d_mesh_equals_one_device(fusion, scan):
+def test_clip_itm_mlm_loss_on_a_3d_mesh_equals_one_device(fusion):
     """8 simulated devices, data 2 x fsdp 2 x tensor 2: the summed loss, each term and the
     gradients within 1e-5 of one device's (the negatives drawn from the global batch), for
     each fusion encoder (BLIP's, ALBEF's, the single stream)."""
     def loss_and_grads(shape):
         config = tiny_config("clip+itm+mlm")
-        config.model.scan = scan
+        config.model.scan = True
         config.model.fusion.update(fusion)
         config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         run = setup(config, tokenizer=TOKENIZER, devices=jax.devices()[:int(np.prod(shape))])

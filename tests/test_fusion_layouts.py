@@ -144,10 +144,7 @@ def test_fusion_config_and_exports_refuse_in_one_line():
     with pytest.raises(config_lib.ConfigError, match="cross, concat"):
         config_lib.validate(config)
     config.model.fusion.update(kind="concat", depth=1)
-    config.model.scan = True      # sharded, its losses differ from one device's: refused
-    with pytest.raises(config_lib.ConfigError, match=r"model\.scan=False"):
-        config_lib.validate(config)
-    config.model.scan = False
+    config.model.scan = True
     config_lib.validate(config)
     config.model.fusion.update(kind="cross", layout="albef")
     for fmt in ("hf_blip", "hf_clip", "open_clip"):

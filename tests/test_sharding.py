@@ -160,3 +160,28 @@ def test_rules_table_overrides_and_mesh_errors():
         sharding.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=-1, tensor=1)), 8)
     dcn = ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1, dcn_data=2, dcn_fsdp=1, dcn_tensor=1))
     assert sharding.mesh_shape(dcn, 8) == ((2, 2, 1), (2, 1, 1))
+
+
+def test_mlp_residual_on_a_3d_mesh_equals_one_device():
+    """y + Mlp(y), y = x W with W and the MLP's kernels sharded as the rules say, on data 2 x
+    fsdp 2 x tensor 2 vs one device. Before Mlp pinned its output, XLA (jax 0.10.2) permuted
+    fc2's output into its kernel's ('tensor', 'fsdp') device order and never back: rows of
+    batch shards 1 and 2 mixed (the concat fusion's loss in tests/test_fusion.py)."""
+    from mmjax.nn.transformer import Mlp, dense
+
+    class Probe(nn.Module):
+        @nn.compact
+        def __call__(self, x):    # [b, l, e]
+            x = nn.with_logical_constraint(x, ("batch", "length", "activation_embed"))
+            y = dense(16, ("embed", "mlp"), np.float32, np.float32, "w", 1.0)(x)
+            return y + Mlp(32, name="mlp")(y)
+
+    x = np.random.default_rng(0).normal(size=(16, 1, 16)).astype(np.float32)
+    model = Probe()
+    boxed = model.init(jax.random.key(0), x)
+    want = model.apply(nn.unbox(boxed), x)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2, 2), sharding.MESH_AXES)
+    rules = sharding.rules()
+    params = jax.device_put(nn.unbox(boxed), sharding.logical_shardings(boxed, mesh, rules))
+    got = Traced(jax.jit(model.apply), mesh, rules)(params, sharding.replicate(x, mesh))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -47,7 +47,11 @@ class Mlp(nn.Module):
         width = x.shape[-1]
         h = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1", width ** -0.5)(x)
         h = nn.with_logical_constraint(ACTIVATIONS[self.activation](h), ("batch", "length", "activation_mlp"))
-        return dense(width, ("mlp", "embed"), self.dtype, self.param_dtype, "fc2", self.mlp_dim ** -0.5)(h)
+        out = dense(width, ("mlp", "embed"), self.dtype, self.param_dtype, "fc2", self.mlp_dim ** -0.5)(h)
+        # Pinned like the residual stream (Megatron's all-reduce after fc2). Unpinned, XLA's SPMD
+        # partitioner (jax 0.10.2) could permute it into fc2's ('tensor', 'fsdp') device order
+        # and not back, mixing batch shards on data x fsdp x tensor (tests/test_fusion.py, concat).
+        return nn.with_logical_constraint(out, ("batch", "length", "activation_embed"))
 
 
 class Block(nn.Module):
