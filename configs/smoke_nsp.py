@@ -25,6 +25,14 @@ training (NSP still climbs at the end) or longer pairs. Rotary positions
 (--config.model.text.position=rotary, 2,000 steps, 2026-12-04) learn MLM faster (0.261) and
 leave the majority answer sooner (NSP 0.534 / 0.560 / 0.592 at 500 / 1,000 / 1,500) but end
 lower: NSP 0.613.
+
+Independent reference (2026-12-04, benchmarks/torch_pretraining_reference.py):
+transformers' BertForPreTraining of this size trained on this config's own first 2,000
+batches of pair rows with its recipe (lr schedule, AdamW, clip, MLM + NSP, numpy 80/10/10
+masking), scored on the very test pairs the `nsp` evaluator reads: NSP 0.512 / 0.523 / 0.579
+/ 0.626 at 500 / 1,000 / 1,500 / 2,000 steps, where mmjax gives 0.512 / 0.512 / 0.615 / 0.644.
+mmjax learns NSP as fast as transformers (no bug): the bar needs more training or
+longer pairs.
 """
 
 from mmjax.config import defaults
