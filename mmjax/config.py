@@ -63,6 +63,7 @@ RANGES = {
     **{f"model.rtd.generator_{key}": "int [0, inf)" for key in ("width", "depth", "heads", "mlp_dim")},
     "model.rtd.disc_weight": "[0, inf)",
     "model.itm.weight": "[0, inf)",
+    "model.itm.negatives": "int [1, inf)",
     "model.fusion.depth": "int [0, inf)",             # 0: model.text.depth
     "model.caption.weight": "[0, inf)",
     "model.lm.z_loss": "[0, inf)",
@@ -429,8 +430,9 @@ def defaults() -> ml_collections.ConfigDict:
         # layout unused). depth 0: model.text.depth.
         fusion=dict(kind="cross", layout="blip", depth=0),
         # ITM term's weight; labels: the batch carries 'label' and a same-label candidate is
-        # never a hard negative (besides the same caption).
-        itm=dict(weight=1.0, labels=False),
+        # never a hard negative (besides the same caption); negatives: hard negatives drawn per
+        # image and per text, each weighing 1/negatives.
+        itm=dict(weight=1.0, labels=False, negatives=1),
         # 'clip+caption': the caption term's weight; the vocabulary head tied to the token table.
         caption=dict(weight=1.0, tie_embeddings=True),
     )

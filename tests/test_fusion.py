@@ -64,6 +64,23 @@ def test_draw_weighs_out_a_row_without_candidates():
     assert int(index[1]) == 1
 
 
+def test_itm_loss_weighs_each_of_k_negatives_one_kth():
+    """itm_loss against numpy: B positives weigh 1, the 2kB negatives valid / k each."""
+    from mmjax.tasks.itm import itm_loss
+    rng = np.random.default_rng(0)
+    b, k = 3, 2
+    logits = rng.normal(size=((1 + 2 * k) * b, 2)).astype(np.float32)
+    valid_text, valid_image = rng.random(k * b) > 0.3, np.ones(k * b, bool)
+    targets = np.r_[np.ones(b), np.zeros(2 * k * b)].astype(int)
+    weights = np.r_[np.ones(b), valid_text / k, valid_image / k]
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -log_p[np.arange(len(targets)), targets]
+    loss, aux = itm_loss(jnp.asarray(logits), jnp.asarray(valid_text), jnp.asarray(valid_image))
+    np.testing.assert_allclose(float(loss), (weights * ce).sum() / weights.sum(), rtol=1e-6)
+    np.testing.assert_allclose(float(aux["itm_accuracy"]),
+                               (weights * (logits.argmax(-1) == targets)).sum() / weights.sum(), rtol=1e-6)
+
+
 def test_cross_attention_matches_numpy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 8)).astype(np.float32)

@@ -6,7 +6,8 @@ loss = contrastive + `model.itm.weight` × ITM (+ `model.mlm.weight` × MLM), ea
   drawn from the whole (micro)batch ∝ softmax of the contrastive logits (mmjax/negatives.py),
   never the positive nor a false negative (same caption, or same label with
   `model.itm.labels`); a 2-way head on the fused first token; cross-entropy over the 3B pairs
-  (B positives, 2B negatives). The draw is seeded by the step's rng, so a resumed run draws
+  (B positives, 2B negatives). `model.itm.negatives` = k > 1 draws k of each, independently,
+  and weighs each 1/k: the same loss in expectation, over (1 + 2k)B pairs. The draw is seeded by the step's rng, so a resumed run draws
   the same. An ExampleTerm: under jit its batch is the global one (the draw reaches every
   host's examples, GSPMD gathers them); with `train.grad_accum_steps` = k it is each
   microbatch (B/k candidates), as BLIP's negatives come from the GPUs' current batch.
@@ -42,12 +43,15 @@ _ITM_STREAM = 0x17E   # folded into the step's rng: the draws do not reuse the M
 
 
 def itm_loss(logits, valid_text, valid_image):
-    """Cross-entropy of logits [3B, 2] (B positives, B images with negative texts, B texts with
-    negative images) with targets (1, 0, 0); a negative with valid False is weighed out.
+    """Cross-entropy of logits [(1 + 2k)B, 2] (B positives, kB images with negative texts, kB
+    texts with negative images) with targets (1, 0, 0); a negative weighs valid / k (valid
+    [kB], False: weighed out), so k draws average the negative terms.
     -> (loss, {'itm_accuracy'})."""
-    b = valid_text.shape[0]
-    targets = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
-    weights = jnp.concatenate([jnp.ones(b), valid_text, valid_image]).astype(jnp.float32)
+    kb = valid_text.shape[0]
+    b = logits.shape[0] - 2 * kb
+    targets = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * kb, jnp.int32)])
+    weights = jnp.concatenate([jnp.ones(b, jnp.float32),
+                               jnp.concatenate([valid_text, valid_image]).astype(jnp.float32) * b / kb])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     denom = jnp.maximum(weights.sum(), 1.0)
     correct = (logits.argmax(-1) == targets).astype(jnp.float32)
@@ -62,20 +66,23 @@ def itm_pairs(rng, zimg, ztxt, scale, texts, labels=None):
 
 
 def itm_term(config, model, weight):
-    labels = config.model.itm.labels
+    labels, k = config.model.itm.labels, config.model.itm.get("negatives", 1)
 
     def fn(params, batch, rng):
         variables = {"params": params}
         zimg, image_tokens = model.apply(variables, batch["image"], method="image_features")
         ztxt = model.apply(variables, batch["text"], method="encode_text")
         scale = model.apply(variables, method="scale")
-        neg_text, neg_image, ok_text, ok_image = itm_pairs(
-            jax.random.fold_in(rng, _ITM_STREAM), jax.lax.stop_gradient(zimg),
-            jax.lax.stop_gradient(ztxt), jax.lax.stop_gradient(scale), batch["text"],
-            batch["label"] if labels else None)
-        context = jnp.concatenate([image_tokens, image_tokens, image_tokens[neg_image]])
-        texts = jnp.concatenate([batch["text"], batch["text"][neg_text], batch["text"]])
-        logits = model.apply(variables, context, texts, method="itm_logits")   # [3B, 2]
+        pairs = lambda key: itm_pairs(
+            key, jax.lax.stop_gradient(zimg), jax.lax.stop_gradient(ztxt),
+            jax.lax.stop_gradient(scale), batch["text"], batch["label"] if labels else None)
+        key = jax.random.fold_in(rng, _ITM_STREAM)
+        # [k, B] each (k = 1: the key itself, so the draw is the one of runs before this option)
+        drawn = [a[None] for a in pairs(key)] if k == 1 else jax.vmap(pairs)(jax.random.split(key, k))
+        neg_text, neg_image, ok_text, ok_image = (a.reshape(-1) for a in drawn)   # [kB], k-major
+        context = jnp.concatenate([image_tokens] * (k + 1) + [image_tokens[neg_image]])
+        texts = jnp.concatenate([batch["text"], batch["text"][neg_text]] + [batch["text"]] * k)
+        logits = model.apply(variables, context, texts, method="itm_logits")   # [(1 + 2k)B, 2]
         return itm_loss(logits, ok_text, ok_image)
 
     return ExampleTerm(fn, weight)
@@ -148,13 +155,13 @@ def fusion_depth(model_config):
 
 def itm_train_flops(b, m, image_size, prune=True):
     """The ITM term: the ViT at every row (3x), the text tower pooled without gradients (1x),
-    the fused pass on 3b pairs, read at the first token (3x)."""
+    the fused pass on (1 + 2k)b pairs (k = model.itm.negatives), read at the first token (3x)."""
     image, text = m.image, m.text
     n_img = (image_size // image.patch_size) ** 2 + (image.pool == "cls")
     vit = flops.encoder_forward(b, n_img, image.width, image.mlp_dim, image.depth)
     pooled = flops.encoder_forward(b, text.context_length, text.width, text.mlp_dim, text.depth,
                                    flops.text_pooled_rows(text, prune))
-    fused = encoder_entry(m)[1](3 * b, m, n_img, 1 if prune else None)
+    fused = encoder_entry(m)[1]((1 + 2 * m.itm.get("negatives", 1)) * b, m, n_img, 1 if prune else None)
     return 3 * vit + pooled + 3 * fused
 
 
