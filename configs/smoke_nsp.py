@@ -31,8 +31,11 @@ transformers' BertForPreTraining of this size trained on this config's own first
 batches of pair rows with its recipe (lr schedule, AdamW, clip, MLM + NSP, numpy 80/10/10
 masking), scored on the very test pairs the `nsp` evaluator reads: NSP 0.512 / 0.523 / 0.579
 / 0.626 at 500 / 1,000 / 1,500 / 2,000 steps, where mmjax gives 0.512 / 0.512 / 0.615 / 0.644.
-mmjax learns NSP as fast as transformers (no bug): the bar needs more training or
-longer pairs.
+mmjax learns NSP as fast as transformers (no bug). Longer: the same reference on the first
+4,000 batches (4,000-step schedule) gives 0.512 / 0.596 / 0.634 / 0.663 at 1,000 / 2,000 /
+3,000 / 4,000 steps (~35 min at ~0.5 s/step, shared), so doubling the steps buys ~0.04:
+the bar needs far more training than a CPU smoke, or pairs carrying more text than one
+~48-word chunk (e.g. A and B from consecutive chunks of one play), not yet tried.
 """
 
 from mmjax.config import defaults
