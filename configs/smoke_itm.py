@@ -19,7 +19,7 @@ eval/itm/hard_accuracy 0.938 / 0.931 (AUC 0.987 / 0.986; random negatives 0.945 
 retrieval i2t_r1 0.940 / 0.939, re-ranked by the ITM head over the top 8 ('itm+sim', BLIP's
 rule) 0.943 / 0.941: re-ranking raises i2t R@1 by 0.003 / 0.002.
 
-i2t R@1 (dual -> re-ranked), seeds 0 / 1, each with the line above changed:
+i2t R@1 (dual -> re-ranked), seeds 0 / 1, of this config with the settings named:
 - one hard negative (negatives=1): 0.938 -> 0.941 / 0.951 -> 0.948 (zero-shot 0.940 / 0.951,
   ITM hard 0.932 / 0.938); 'itm' alone (ALBEF's rule) 0.942 at seed 0;
 - negatives=1, model.itm.weight=2: 0.934 -> 0.940 / 0.943 -> 0.949 (the ITM pulls the shared
