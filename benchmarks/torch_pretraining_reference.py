@@ -167,7 +167,8 @@ def rtd(args):
                 accs.append(gen_acc.item())
         s, y = np.concatenate(scores), np.concatenate(labels)
         print(f"EVAL step {step}: roc_auc {roc_auc_score(y, s):.4f} "
-              f"accuracy {np.mean((s > 0) == (y > 0)):.4f} baseline {1 - y.mean():.4f} generator_accuracy {np.mean(accs):.4f}", flush=True)
+              f"accuracy {np.mean((s > 0) == (y > 0)):.4f} baseline {1 - y.mean():.4f} "
+              f"generator_accuracy {np.mean(accs):.4f}", flush=True)
         disc.train(), gen.train()
 
     start = time.time()

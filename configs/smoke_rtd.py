@@ -15,8 +15,10 @@ positions 1,000 steps left the discriminator at the prior (accuracy = baseline 0
 0.55); rotary positions (which also learn the smoke MLM fastest, README) at 1,000 steps:
 accuracy 0.872 vs 0.866, ROC-AUC 0.728; resumed to 2,000 steps (the cosine restarted at
 step 1,000, so not quite this file's schedule): accuracy 0.874 vs 0.869, ROC-AUC 0.742, the
-generator's masked-token accuracy 0.184. The issue's bar of ROC-AUC >= 0.8 is NOT met yet; a weaker generator and more replacements
-(generator_width=16, mask_rate=0.25, 1,000 steps) did worse: 0.778 vs 0.764, ROC-AUC 0.693. Why it stops there (code read 2026-12-04, no bug found): the evaluator
+generator's masked-token accuracy 0.184. The issue's bar of ROC-AUC >= 0.8 is NOT met yet;
+a weaker generator and more replacements (generator_width=16, mask_rate=0.25, 1,000 steps)
+did worse: 0.778 vs 0.764, ROC-AUC 0.693. Why it stops there (code read 2026-12-04, no bug
+found): the evaluator
 corrupts each held-out row with the run's own masker and generator, as training does, and
 scores every non-padding token (label: input != original); the discriminator is calibrated to
 the ~13% replaced prior (replaced_accuracy 0.11 at logit > 0) and ranks slowly better (AUC

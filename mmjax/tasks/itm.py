@@ -7,9 +7,9 @@ loss = contrastive + `model.itm.weight` × ITM (+ `model.mlm.weight` × MLM), ea
   never the positive nor a false negative (same caption, or same label with
   `model.itm.labels`); a 2-way head on the fused first token; cross-entropy over the 3B pairs
   (B positives, 2B negatives). `model.itm.negatives` = k > 1 draws k of each, independently,
-  and weighs each 1/k: the same loss in expectation, over (1 + 2k)B pairs. The draw is seeded by the step's rng, so a resumed run draws
-  the same. An ExampleTerm: under jit its batch is the global one (the draw reaches every
-  host's examples, GSPMD gathers them); with `train.grad_accum_steps` = k it is each
+  and weighs each 1/k: the same loss in expectation, over (1 + 2k)B pairs. The draw is seeded
+  by the step's rng, so a resumed run draws the same. An ExampleTerm: under jit its batch is
+  the global one (the draw reaches every host's examples, GSPMD gathers them); with `train.grad_accum_steps` = k it is each
   microbatch (B/k candidates), as BLIP's negatives come from the GPUs' current batch.
 - MLM: the 80/10/10 masking of tasks/mlm.py on the caption, predicted through the fused pass
   with the pair's image tokens, by the MLM head tied to the token table.
