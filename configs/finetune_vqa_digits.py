@@ -19,7 +19,8 @@ each. Measured 2026-12-04 (eval/classify/accuracy on the 7,000 test rows, fine-t
 the shipped smoke_itm's 500-step run, seed 0): fusion 0.976 (0.908 at step 500, 0.966 at
 1,000), text 0.443, image 0.429 (the single towers stay at the table's chance: the most
 frequent answer per question / per image). From the earlier smoke_itm with a pre-LN text
-tower and no crops: fusion 0.953, text 0.443, image 0.429. `pytest -m acceptance tests/test_vqa.py` reruns all three.
+tower and no crops: fusion 0.953, text 0.443, image 0.429. `pytest -m acceptance
+tests/test_vqa.py` reruns all three.
 """
 
 import os
