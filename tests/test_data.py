@@ -12,7 +12,7 @@ import jax
 from mmjax.data import builders, pipeline
 from mmjax.data.sources import CAPTION_TEMPLATES, DIGIT_NAMES
 from mmjax.data.tokenizers import ClipTokenizer, WordPieceTokenizer
-from splits import DIGIT_IMAGES, digit_arrays, prose_texts
+from splits import DIGIT_IMAGES, _examples, digit_arrays, prose_texts
 
 CONTEXT = 16
 DIGIT_SPEC = {'image': jax.ShapeDtypeStruct((28, 28, 1), np.float32),
@@ -81,7 +81,7 @@ def test_bad_data_dir_gives_a_clear_error(tmp_path):
 
 
 def test_unknown_dataset_and_default_dir():
-    with pytest.raises(ValueError, match='digit_captions, prose, play_genres'):
+    with pytest.raises(ValueError, match='digit_captions, prose, prose_passages, play_genres'):
         builders.prepare('imagenet', '/tmp')
     assert builders.DEFAULT_DATA_DIR == '~/.cache/mmjax'
     assert builders.resolve_data_dir(None) == os.path.expanduser('~/.cache/mmjax')
@@ -109,6 +109,26 @@ def test_prose_splits(data_dir):
     assert any('Hamlet' in t or 'HAMLET' in t for t in train)  # Shakespeare is in.
     assert any('statement' in t for t in train)                   # So is pydoc.
     assert not set(test) & set(train)
+
+
+def test_prose_passages_hold_the_prose_in_twice_its_chunks(data_dir):
+    """The passages are the same words as the prose, cut twice as long: each passage is two
+    consecutive prose chunks of one document (the test split every 10th)."""
+    passages = {s: [e['text'] for e in _examples('prose_passages', data_dir, s)]
+                for s in ('train', 'test')}
+    chunks = prose_texts(data_dir, 'train') + prose_texts(data_dir, 'test')
+    assert len(passages['test']) == (len(passages['train']) + len(passages['test'])) // 10
+    assert not set(passages['test']) & set(passages['train'])
+    assert all(len(t.split()) <= 2 * builders.PROSE_CHUNK_WORDS for t in passages['test'])
+    # A full passage is two chunks joined; the passages hold as many words as the chunks
+    # (give or take the short tails each drops: under 8 words per document).
+    half = builders.PROSE_CHUNK_WORDS
+    whole = set(chunks)
+    full = [t.split() for t in passages['test'] if len(t.split()) == 2 * half]
+    assert len(full) > 900 and all(' '.join(w[:half]) in whole and ' '.join(w[half:]) in whole
+                                   for w in full)
+    words = lambda texts: sum(len(t.split()) for t in texts)
+    assert abs(words(passages["train"] + passages["test"]) - words(chunks)) < 8 * 120
 
 
 def test_clip_batches_shapes_and_captions(data_dir, clip):

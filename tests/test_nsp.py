@@ -323,7 +323,7 @@ def test_nsp_evaluator_scores_the_model_on_every_record(documents, one_device):
     assert got["random_fraction"] == pytest.approx(labels.mean())
 
 
-@pytest.mark.acceptance   # ~10-20 min on 2 busy cores: run by hand (pytest -m acceptance)
+@pytest.mark.acceptance   # ~16 min on 2 idle cores: run by hand (pytest -m acceptance)
 def test_smoke_nsp_tells_following_sentences_from_random_ones(tmp_path):
     from conftest import run_mmjax
     workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")

@@ -25,6 +25,8 @@ DIGIT_TEST_PER_CLASS = 100   # Of the 500 digits of each class, the last 100 are
 PROSE_CHUNK_WORDS = 48
 PROSE_MIN_WORDS = 8          # A document's shorter tail chunk is dropped.
 PROSE_TEST_EVERY = 20        # Every 20th chunk goes to the test split.
+PASSAGE_WORDS = 96           # prose_passages: twice a chunk, what a 128-token pair row holds
+PASSAGE_TEST_EVERY = 10      # ~1,000 held-out passages, as many as the prose's test chunks
 
 
 def _package_dir(package: str) -> pathlib.Path:
@@ -112,13 +114,14 @@ def _pydoc_texts() -> list[str]:
     return [rule.sub('', topics.topics[key]) for key in sorted(topics.topics)]
 
 
-def prose_chunks() -> list[str]:
-    """All documents cut into runs of ~48 whitespace-separated words, in a fixed order."""
+def prose_chunks(words_per_chunk: int = PROSE_CHUNK_WORDS) -> list[str]:
+    """All documents cut into runs of `words_per_chunk` whitespace-separated words (a
+    document's last run shorter, dropped under PROSE_MIN_WORDS), in a fixed order."""
     chunks = []
     for text in _pydoc_texts() + _play_texts():
         words = text.split()
-        for start in range(0, len(words), PROSE_CHUNK_WORDS):
-            piece = words[start:start + PROSE_CHUNK_WORDS]
+        for start in range(0, len(words), words_per_chunk):
+            piece = words[start:start + words_per_chunk]
             if len(piece) >= PROSE_MIN_WORDS:
                 chunks.append(' '.join(piece))
     return chunks
@@ -147,6 +150,33 @@ class Prose(_PackagedBuilder):
     def _generate_examples(self, chunks, test: bool):
         for index, text in enumerate(chunks):
             if (index % PROSE_TEST_EVERY == PROSE_TEST_EVERY - 1) == test:
+                yield index, {'text': text}
+
+
+class ProsePassages(_PackagedBuilder):
+    """The prose's texts in ~96-word passages (every 10th held out): documents long enough
+    for sentence pairs that fill a 128-token row, as BERT's pairs fill their target length."""
+
+    name = 'mmjax_prose_passages'
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=inspect.getdoc(type(self)),
+            features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        passages = prose_chunks(PASSAGE_WORDS)
+        return {'train': self._generate_examples(passages, test=False),
+                'test': self._generate_examples(passages, test=True)}
+
+    def _generate_examples(self, passages, test: bool):
+        for index, text in enumerate(passages):
+            if (index % PASSAGE_TEST_EVERY == PASSAGE_TEST_EVERY - 1) == test:
                 yield index, {'text': text}
 
 
@@ -194,7 +224,8 @@ class PlayGenres(_PackagedBuilder):
                 yield index, {'text': text, 'label': label}
 
 
-BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose, 'play_genres': PlayGenres}
+BUILDERS = {'digit_captions': DigitCaptions, 'prose': Prose, 'prose_passages': ProsePassages,
+            'play_genres': PlayGenres}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:

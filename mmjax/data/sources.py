@@ -175,6 +175,18 @@ class Prose(_Built):
         return [transforms.DecodeText()]
 
 
+@DATASETS.register('prose_passages')
+class ProsePassages(_Built):
+    """The prose's texts in ~96-word passages, 1 in 10 held out: sentence pairs (NSP) that
+    fill a 128-token row."""
+
+    builder = 'prose_passages'
+    features = ('text',)
+
+    def example_ops(self, train):
+        return [transforms.DecodeText()]
+
+
 @DATASETS.register('play_genres')
 class PlayGenres(_Built):
     """~48-word chunks of Shakespeare's plays labelled by genre (6 classes); 1 in 10 held out."""
