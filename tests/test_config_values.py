@@ -133,7 +133,7 @@ def _shipped():
     variants = {"clip_webdataset.py": ("tpu", "cpu"), "mlm_text_files.py": ("tpu", "cpu"),
                 "finetune_minilm_genres.py": ("probe", "finetune"),
                 "compare_objectives.py": ("pretrain=mlm", "pretrain=rtd", "pretrain=nsp",
-                                          "genres=runs/cmp_mlm,scale=0.5")}
+                                          "genres=runs/cmp_mlm,scale=0.5", "genres=scratch")}
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
         name = os.path.basename(path)
         if name != "__init__.py":
