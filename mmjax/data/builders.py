@@ -132,6 +132,7 @@ class Prose(_PackagedBuilder):
 
     name = 'mmjax_prose'
     VERSION = tfds.core.Version('1.0.0')
+    WORDS, TEST_EVERY = PROSE_CHUNK_WORDS, PROSE_TEST_EVERY
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -143,41 +144,22 @@ class Prose(_PackagedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        chunks = prose_chunks()
+        chunks = prose_chunks(self.WORDS)
         return {'train': self._generate_examples(chunks, test=False),
                 'test': self._generate_examples(chunks, test=True)}
 
     def _generate_examples(self, chunks, test: bool):
         for index, text in enumerate(chunks):
-            if (index % PROSE_TEST_EVERY == PROSE_TEST_EVERY - 1) == test:
+            if (index % self.TEST_EVERY == self.TEST_EVERY - 1) == test:
                 yield index, {'text': text}
 
 
-class ProsePassages(_PackagedBuilder):
+class ProsePassages(Prose):
     """The prose's texts in ~96-word passages (every 10th held out): documents long enough
     for sentence pairs that fill a 128-token row, as BERT's pairs fill their target length."""
 
     name = 'mmjax_prose_passages'
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=inspect.getdoc(type(self)),
-            features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
-            disable_shuffling=True,
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        passages = prose_chunks(PASSAGE_WORDS)
-        return {'train': self._generate_examples(passages, test=False),
-                'test': self._generate_examples(passages, test=True)}
-
-    def _generate_examples(self, passages, test: bool):
-        for index, text in enumerate(passages):
-            if (index % PASSAGE_TEST_EVERY == PASSAGE_TEST_EVERY - 1) == test:
-                yield index, {'text': text}
+    WORDS, TEST_EVERY = PASSAGE_WORDS, PASSAGE_TEST_EVERY
 
 
 def _play_genres() -> list[str]:
