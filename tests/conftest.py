@@ -34,12 +34,12 @@ import pytest  # noqa: E402
 SMOKE_CLIP_STEPS = 60
 
 
-def run_mmjax(*args):
+def run_mmjax(*args, timeout=900):
     """`mmjax ARGS` in a fresh process on one CPU device (as a user runs it); its JSON line."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     done = subprocess.run([sys.executable, "-m", "mmjax.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=900)
+                          env={**os.environ, "XLA_FLAGS": " ".join(flags)}, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -327,7 +327,8 @@ def test_nsp_evaluator_scores_the_model_on_every_record(documents, one_device):
 def test_smoke_nsp_tells_following_sentences_from_random_ones(tmp_path):
     from conftest import run_mmjax
     workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
-    run_mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_nsp.py")
+    run_mmjax("train", "--workdir", workdir, "--data_dir", data_dir, "--config", "configs/smoke_nsp.py",
+              timeout=3600)   # 6,000 steps: ~16 min idle, longer on a busy machine
     records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     final = [r for r in records if "eval/nsp/accuracy" in r][-1]
     print(final)
