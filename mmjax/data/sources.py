@@ -176,15 +176,11 @@ class Prose(_Built):
 
 
 @DATASETS.register('prose_passages')
-class ProsePassages(_Built):
+class ProsePassages(Prose):
     """The prose's texts in ~96-word passages, 1 in 10 held out: sentence pairs (NSP) that
     fill a 128-token row."""
 
     builder = 'prose_passages'
-    features = ('text',)
-
-    def example_ops(self, train):
-        return [transforms.DecodeText()]
 
 
 @DATASETS.register('play_genres')
